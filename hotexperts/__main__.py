@@ -1,0 +1,5 @@
+import sys
+
+from hotexperts.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""hotexperts.policies"""
+
+__all__: list[str] = []

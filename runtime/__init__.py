@@ -1,0 +1,3 @@
+"""hotexperts.runtime"""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""hotexperts.sim"""
+
+__all__: list[str] = []

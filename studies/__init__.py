@@ -1,0 +1,3 @@
+"""hotexperts.studies"""
+
+__all__: list[str] = []
