@@ -1,0 +1,166 @@
+"""``hotexperts trace info``: token counts and per-layer routing statistics of a trace (vectorised numpy).
+
+Per MoE layer (absent entries ignored):
+  * ``distinct_experts``: experts selected at least once (all phases);
+  * ``top10pct_share``: share of all selections that went to the ``ceil(n_expert / 10)`` most-selected
+    experts (all phases);
+  * ``next_token_reuse``: over pairs of consecutive decode tokens of the same request (the previous
+    decode token *of that request*, whatever other requests ran in between), the share of the later
+    token's selections that the earlier token also selected;
+  * ``median_reuse_distance``: for every decode selection of an expert the request already selected in
+    an earlier decode token (same layer), the distance in decode tokens of that request to the most
+    recent such token; the median over those selections (``None`` when there are none).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from hotexperts.tracer.trace import PHASE_DECODE, Trace
+
+__all__ = ["trace_stats", "format_stats", "layer_stats"]
+
+
+def _decode_order(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode token indices grouped by request (stable), their request, and index within the request."""
+    dec = np.flatnonzero(trace.phase == PHASE_DECODE)
+    req = trace.request[dec]
+    order = np.argsort(req, kind="stable")
+    dec, req = dec[order], req[order]
+    first = np.r_[True, req[1:] != req[:-1]] if req.size else np.zeros(0, bool)
+    grp = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    idx = np.arange(dec.size) - starts[grp] if dec.size else np.zeros(0, np.int64)
+    return dec, req, idx
+
+
+def layer_stats(trace: Trace, li: int, dec: np.ndarray, dreq: np.ndarray, didx: np.ndarray) -> dict[str, Any]:
+    E, k = trace.n_expert, trace.top_k
+    ids = trace.experts[:, li, :]
+    pres = None if trace.present is None else trace.present[:, li]
+    sel = ids if pres is None else ids[pres]
+    counts = np.bincount(sel.reshape(-1).astype(np.int64), minlength=E)
+    total = int(counts.sum())
+    n_top = max(1, math.ceil(E / 10))
+    top = np.sort(counts)[::-1][:n_top].sum()
+    out: dict[str, Any] = {
+        "layer": int(trace.moe_layers[li]),
+        "selections": total,
+        "distinct_experts": int(np.count_nonzero(counts)),
+        "top10pct_share": float(top / total) if total else None,
+    }
+    # next-token reuse over consecutive decode tokens of one request, both present
+    d_ok = np.ones(dec.size, bool) if pres is None else pres[dec]
+    pair = (didx[1:] == didx[:-1] + 1) & (dreq[1:] == dreq[:-1]) & d_ok[1:] & d_ok[:-1]
+    if bool(pair.any()):
+        cur = ids[dec[1:][pair]]
+        prev = ids[dec[:-1][pair]]
+        hit = (cur[:, :, None] == prev[:, None, :]).any(axis=2).sum()
+        out["next_token_reuse"] = float(hit / cur.size)
+    else:
+        out["next_token_reuse"] = None
+    # reuse distances: sort decode selections by (request, expert, index); gaps between neighbours
+    dd, rr, ii = dec[d_ok], dreq[d_ok], didx[d_ok]
+    if dd.size:
+        ex = ids[dd].astype(np.int64).reshape(-1)
+        rq = np.repeat(rr, k)
+        ix = np.repeat(ii, k)
+        o = np.lexsort((ix, ex, rq))
+        ex, rq, ix = ex[o], rq[o], ix[o]
+        same = (ex[1:] == ex[:-1]) & (rq[1:] == rq[:-1])
+        dist = (ix[1:] - ix[:-1])[same]
+        out["median_reuse_distance"] = float(np.median(dist)) if dist.size else None
+        out["reuse_events"] = int(dist.size)
+    else:
+        out["median_reuse_distance"] = None
+        out["reuse_events"] = 0
+    return out
+
+
+def trace_stats(trace: Trace) -> dict[str, Any]:
+    """Summary and per-layer routing statistics (JSON-serialisable)."""
+    dec, dreq, didx = _decode_order(trace)
+    per_layer = [layer_stats(trace, li, dec, dreq, didx) for li in range(trace.n_layers)]
+    b = trace.step_bounds()
+    step_phase = trace.phase[b[:-1]] if trace.n_tokens else np.zeros(0, np.uint8)
+
+    def mean(key: str) -> float | None:
+        vals = [p[key] for p in per_layer if p[key] is not None]
+        return float(np.mean(vals)) if vals else None
+
+    return {
+        "n_tokens": trace.n_tokens,
+        "n_prefill_tokens": trace.n_prefill_tokens,
+        "n_decode_tokens": trace.n_decode_tokens,
+        "n_requests": trace.n_requests,
+        "n_steps": trace.n_steps,
+        "n_prefill_steps": int(np.count_nonzero(step_phase != PHASE_DECODE)),
+        "n_decode_steps": int(np.count_nonzero(step_phase == PHASE_DECODE)),
+        "n_layers": trace.n_layers,
+        "moe_layers": [int(x) for x in trace.moe_layers],
+        "n_expert": trace.n_expert,
+        "top_k": trace.top_k,
+        "has_weights": trace.weights is not None,
+        "absent_entries": 0 if trace.present is None else int((~trace.present).sum()),
+        "source": trace.meta.get("source"),
+        "model": (trace.meta.get("model") or {}).get("name") if isinstance(trace.meta.get("model"), dict) else None,
+        "mean": {key: mean(key) for key in ("distinct_experts", "top10pct_share", "next_token_reuse",
+                                            "median_reuse_distance")},
+        "per_layer": per_layer,
+    }
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A readable text report of :func:`trace_stats`."""
+    src = stats.get("source")
+    if isinstance(src, dict):
+        src_s = " ".join(f"{k}={v}" for k, v in src.items() if k in ("kind", "format", "file", "dialect"))
+    else:
+        src_s = str(src) if src is not None else "-"
+    lines = [
+        f"tokens        {stats['n_tokens']} ({stats['n_prefill_tokens']} prefill, {stats['n_decode_tokens']} decode)",
+        f"requests      {stats['n_requests']}",
+        f"steps         {stats['n_steps']} ({stats.get('n_prefill_steps', '-')} prefill, "
+        f"{stats.get('n_decode_steps', '-')} decode)",
+        f"MoE layers    {stats['n_layers']} ({_layer_ranges(stats['moe_layers'])})",
+        f"experts       top-{stats['top_k']} of {stats['n_expert']}"
+        + (", gate weights" if stats.get("has_weights") else ""),
+        f"absent        {stats.get('absent_entries', 0)} (token, layer) entries",
+        f"source        {src_s}",
+    ]
+    if stats.get("model"):
+        lines.append(f"model         {stats['model']}")
+    lines.append("")
+    lines.append(f"{'layer':>5} {'distinct':>8} {'top10%':>7} {'reuse':>6} {'med.dist':>8}")
+    for p in stats["per_layer"]:
+        lines.append(
+            f"{p['layer']:>5} {p['distinct_experts']:>8} {_f(p['top10pct_share'], '.3f'):>7} "
+            f"{_f(p['next_token_reuse'], '.3f'):>6} {_f(p['median_reuse_distance'], 'g'):>8}"
+        )
+    m = stats.get("mean") or {}
+    if m:
+        lines.append(
+            f"{'mean':>5} {_f(m.get('distinct_experts'), '.1f'):>8} {_f(m.get('top10pct_share'), '.3f'):>7} "
+            f"{_f(m.get('next_token_reuse'), '.3f'):>6} {_f(m.get('median_reuse_distance'), 'g'):>8}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _layer_ranges(layers: list[int]) -> str:
+    if not layers:
+        return ""
+    out, a, prev = [], layers[0], layers[0]
+    for x in layers[1:] + [None]:  # type: ignore[list-item]
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{a}" if a == prev else f"{a}..{prev}")
+        if x is not None:
+            a = prev = x
+    return ", ".join(out)
