@@ -394,8 +394,14 @@ def read_gguf_header(path: str | os.PathLike[str], *, allow_partial: bool = Fals
         if version not in (2, 3):
             raise InputError(p, f"unsupported GGUF version {version} (supported: 2, 3)")
         n_tensors, n_kv = r.unpack("QQ")
-        if n_tensors > file_size or n_kv > file_size:
-            raise InputError(p, f"corrupt GGUF header: {n_tensors} tensors, {n_kv} metadata keys")
+        # smallest possible records: a KV pair 8+0+4+1 bytes, a tensor info 8+0+4+8+4+8 bytes
+        least = r.pos + 13 * n_kv + 32 * n_tensors
+        if least > file_size:
+            raise InputError(
+                p,
+                f"truncated GGUF header: {n_tensors} tensors and {n_kv} metadata keys need at least "
+                f"{least} bytes, file has {file_size}",
+            )
         kv: dict[str, Any] = {}
         for i in range(n_kv):
             r.where = f"metadata entry {i}"
