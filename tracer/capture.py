@@ -481,8 +481,8 @@ def run_capture(
             if len(toks) >= ctx_size:
                 raise InputError(
                     None,
-                    f"prompt {i + 1} has {len(toks)} tokens, more than the context allows (--ctx {ctx_size}); "
-                    "raise --ctx or shorten the prompt",
+                    f"prompt {i + 1} has {len(toks)} tokens, more than the {ctx_size}-token context "
+                    f"(--ctx {n_ctx}); raise --ctx or shorten the prompt",
                 )
         smpl = _make_sampler(lc, seed, temp)
         batch = lc.llama_batch_init(max(chunk, 1), 0, 1)
