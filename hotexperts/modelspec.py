@@ -304,11 +304,20 @@ class _Reader:
         return raw.decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int) -> None:
+        # NOTE: hot loop for token lists and merges (~250K strings): local names, no per-item calls
+        # unless the window must grow.
+        u64 = struct.Struct(self.endian + "Q").unpack_from
         for _ in range(count):
-            n = self.unpack("Q")
-            if n > self.file_size:
-                raise InputError(self.path, f"corrupt GGUF header: string length {n} exceeds the file size", where=self.where)
-            self._need(n)
+            if self.pos + 8 > len(self.buf):
+                self._need(8)
+            n = u64(self.buf, self.pos)[0]
+            self.pos += 8
+            if self.pos + n > len(self.buf):
+                if n > self.file_size:
+                    raise InputError(
+                        self.path, f"corrupt GGUF header: string length {n} exceeds the file size", where=self.where
+                    )
+                self._need(n)
             self.pos += n
 
     def value(self, vtype: int, depth: int = 0) -> Any:

@@ -85,6 +85,9 @@ class _GgmlTensor(ctypes.Structure):
     ]
 
 
+_NAME_OFFSET = _GgmlTensor.name.offset
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -289,7 +292,7 @@ class _Recorder:
         """The tensor at address ``tp`` as a ``(ne3, ne2, ne1, ne0)`` array, read with its strides."""
         t = _GgmlTensor.from_address(tp)
         if not self.checked_layout:
-            if self.ggml.ggml_get_name(tp) != tp + _GgmlTensor.name.offset:
+            if self.ggml.ggml_get_name(tp) != tp + _NAME_OFFSET:
                 raise RuntimeError(
                     "ggml_tensor layout mismatch (name offset): unsupported llama-cpp-python version"
                 )
@@ -313,20 +316,31 @@ class _Recorder:
         )
         return np.array(view)
 
+    def _match(self, tp: int) -> tuple[int, bool] | None:
+        """``(layer, is_weights)`` when the tensor at ``tp`` is one we record, else None."""
+        # NOTE: called for every graph node: a cheap prefix test before any regex.
+        raw = ctypes.string_at(tp + _NAME_OFFSET, 32)
+        if raw[:8] != b"ffn_moe_":
+            return None
+        name = raw.split(b"\0", 1)[0].decode("ascii", "replace")
+        m = _TOPK_RE.match(name)
+        is_w = False
+        if m is None and self.record_weights:
+            m = _WEIGHTS_RE.match(name)
+            is_w = m is not None
+        if m is None or int(m.group(1)) not in self.layer_index:
+            return None
+        return int(m.group(1)), is_w
+
     def _callback(self, tp: int, ask: bool, user_data: Any) -> bool:
         try:
-            name = _GgmlTensor.from_address(tp).name.decode("utf-8", "replace")
-            m = _TOPK_RE.match(name)
-            is_w = False
-            if m is None and self.record_weights:
-                m = _WEIGHTS_RE.match(name)
-                is_w = m is not None
-            if m is None or int(m.group(1)) not in self.layer_index:
-                return False if ask else True
+            hit = self._match(tp)
             if ask:
+                return hit is not None
+            if hit is None:
                 return True
+            il, is_w = hit
             a = self._read(tp)
-            il = int(m.group(1))
             if is_w:  # [1, k, n_rows] -> (n_rows, k)
                 self.weights[il] = a[0].reshape(a.shape[1], a.shape[2] * a.shape[3])
             else:  # [k, n_rows] -> (n_rows, k)
