@@ -1,0 +1,218 @@
+"""The live engine on the CPU: every hot/cold split computes the dense reference, and live counters equal
+the replay's. The "GPU" side runs on the CPU (device="cpu"), so CI checks the logic without a GPU.
+
+The reference is independent of the engine's compute code: plain numpy float64 on the engine's host
+weights (int8 blocks x per-row scales), all top-k experts with their gate weights, the dense part, the
+RMS norm and the shared expert written out from the engine's documented layer function.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is in the test extras; the runtime needs it")
+
+from hotexperts.policies import REGISTRY, make_policy  # noqa: E402
+from hotexperts.runtime.engine import EngineShape, MoEEngine, Schedule  # noqa: E402
+from hotexperts.sim.replay import replay  # noqa: E402
+from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace  # noqa: E402
+
+SHAPE = EngineShape(hidden=32, expert_ff=16, n_expert=12, top_k=3, n_layers=3, shared_ff=8,
+                    dense_bytes_per_layer=32 * 32 * 4 * 2)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = MoEEngine(SHAPE, device="cpu", compute_dtype=torch.float32, cpu_threads=1, seed=3)
+    yield eng
+    eng.close()
+
+
+def _np(t):
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def reference_layer(eng: MoEEngine, layer: int, x: np.ndarray, ids, ws) -> np.ndarray:
+    """Dense float64 reference of one layer: dense part + RMS norm, shared expert, all top-k experts."""
+    h, ff = eng.shape.hidden, eng.shape.expert_ff
+    a = x.copy()
+    if eng.dense[layer] is not None:
+        a = a + (_np(eng.dense[layer]) @ a).reshape(-1, h).sum(0)
+    a = a / np.sqrt(np.mean(a * a) + 1e-6)
+    out = a.copy()
+    sf = eng.shape.shared_ff
+    if sf:
+        gu = _np(eng.shared_gu[layer]) @ a
+        out += _np(eng.shared_d[layer]) @ (gu[:sf] / (1 + np.exp(-gu[:sf])) * gu[sf:])
+    q = eng.q[layer].numpy().astype(np.float64)
+    sgu, sd = _np(eng.sgu[layer]), _np(eng.sd[layer])
+    for e, w in zip(ids, ws):
+        wgu = q[e, : 2 * ff * h].reshape(2 * ff, h) * sgu[e][:, None]
+        wd = q[e, 2 * ff * h :].reshape(h, ff) * sd[e][:, None]
+        gu = wgu @ a
+        out += w * (wd @ (gu[:ff] / (1 + np.exp(-gu[:ff])) * gu[ff:]))
+    return out
+
+
+def _check_layer(eng, layer, x, ids, ws, mode):
+    out, c = eng.forward_layer(layer, torch.tensor(x, dtype=torch.float32).view(1, -1), ids, ws, mode=mode)
+    ref = reference_layer(eng, layer, x, ids, ws)
+    got = _np(out).ravel()
+    assert np.all(np.isfinite(got))
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert err < 1e-5, (layer, ids, mode, err)
+    return c
+
+
+@pytest.mark.parametrize("mode", ["cold-cpu", "fetch-on-miss"])
+def test_every_split_matches_dense_reference(engine, mode):
+    rng = np.random.default_rng(7)
+    E, k = SHAPE.n_expert, SHAPE.top_k
+    for layer in range(SHAPE.n_layers):
+        ids = rng.choice(E, size=k, replace=False)
+        ws = rng.dirichlet(np.ones(k))
+        x = rng.standard_normal(SHAPE.hidden)
+        # every subset of the routed experts resident: all 2^k hot/cold splits
+        for mask in range(1 << k):
+            hot = [int(ids[j]) for j in range(k) if mask >> j & 1]
+            slots = np.full(SHAPE.n_layers, 4)
+            init = np.full((SHAPE.n_layers, 4), -1)
+            # fill the unused slots with other experts, so residency is not just "the routed ones"
+            others = [e for e in range(E) if e not in ids]
+            init[layer, : len(hot)] = hot
+            init[layer, len(hot) : 4] = others[: 4 - len(hot)]
+            engine.set_slots(slots, init)
+            c = _check_layer(engine, layer, x, ids, ws, mode)
+            assert c["hit_sel"] == len(hot) and c["sel"] == k
+            assert c["cold_distinct"] == k - len(hot)
+            assert c["fetch_bytes"] == (SHAPE.expert_bytes * (k - len(hot)) if mode == "fetch-on-miss" else 0)
+
+
+def test_duplicate_selection_and_bypass(engine):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(SHAPE.hidden)
+    init = np.full((SHAPE.n_layers, 2), -1)
+    init[0] = [5, 2]
+    engine.set_slots(np.full(SHAPE.n_layers, 2), init)
+    ids, ws = [5, 5, 9], [0.5, 0.25, 0.25]  # a repeated id must count twice, as llama.cpp would compute it
+    c = _check_layer(engine, 0, x, ids, ws, "cold-cpu")
+    assert (c["hit_sel"], c["hot_distinct"], c["cold_distinct"]) == (2, 1, 1)
+    out, c = engine.forward_layer(0, torch.tensor(x, dtype=torch.float32).view(1, -1), [5, 2, 9], [0.2, 0.3, 0.5],
+                                  bypass=True)
+    assert c["hit_sel"] == 0 and c["cold_distinct"] == 3
+    ref = reference_layer(engine, 0, x, [5, 2, 9], [0.2, 0.3, 0.5])
+    assert np.allclose(_np(out).ravel(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_uploads_put_the_right_weights_in_the_right_slot(engine):
+    engine.set_slots(np.array([3, 0, 1]))
+    events = np.array([[0, 0, 1, 7], [0, 0, 0, 4], [0, 2, 0, 11], [1, 0, 1, 2]])
+    n, nbytes = engine.apply_uploads(events, blocking=True)
+    assert n == 4 and nbytes == 4 * SHAPE.expert_bytes
+    assert engine.resident(0).tolist() == [4, 2, -1]
+    assert engine.resident(1).tolist() == []
+    assert engine.resident(2).tolist() == [11]
+    for layer, slot, e in ((0, 0, 4), (0, 1, 2), (2, 0, 11)):
+        assert torch.equal(engine.pool[layer][slot], engine.q[layer][e])
+    with pytest.raises(ValueError):
+        engine.apply_uploads(np.array([[0, 1, 0, 3]]), blocking=True)  # layer 1 has no slots
+
+
+def _trace(seed: int = 0, n_decode: int = 40) -> Trace:
+    """A small trace with a prefill ubatch, skewed routing and gate weights."""
+    rng = np.random.default_rng(seed)
+    n_pre = 6
+    n = n_pre + n_decode
+    p = 1.0 / np.arange(1, SHAPE.n_expert + 1) ** 1.2
+    p /= p.sum()
+    ids = np.stack([
+        np.stack([rng.choice(SHAPE.n_expert, SHAPE.top_k, replace=False, p=p) for _ in range(SHAPE.n_layers)])
+        for _ in range(n)
+    ])
+    phase = np.array([PHASE_PREFILL] * n_pre + [PHASE_DECODE] * n_decode, np.uint8)
+    ubatch = np.concatenate([np.zeros(n_pre, np.int32), np.arange(1, n_decode + 1, dtype=np.int32)])
+    w = rng.dirichlet(np.ones(SHAPE.top_k), size=(n, SHAPE.n_layers)).astype(np.float16)
+    return Trace.from_arrays(ids, n_expert=SHAPE.n_expert, phase=phase, ubatch=ubatch, weights=w)
+
+
+def _small_params(name: str) -> dict:
+    """Parameters that make every policy act within a 40-step trace."""
+    return {
+        "fork": {"interval": 5},
+        "layer-offload": {"n_cpu_moe": 1},
+    }.get(name, {})
+
+
+def _make(name: str):
+    return make_policy(name, **_small_params(name))
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("mode", ["cold-cpu", "fetch-on-miss"])
+def test_live_run_matches_replay_for_every_policy(engine, name, mode):
+    tr = _trace(seed=sum(map(ord, name)))
+    pol = _make(name)
+    slots = 4
+    res = replay(tr, pol, slots, record_events=True)
+    sched = Schedule.from_replay(tr, res)
+    run = engine.run(sched, mode=mode, warmup=0)
+    dec = np.flatnonzero(res.step_phase == PHASE_DECODE)
+    assert run.steps.tolist() == dec.tolist()
+    assert run.sel.tolist() == res.sel[dec].sum(axis=1).tolist()
+    assert run.hit_sel_layers.tolist() == res.hit_sel[dec].tolist()
+    assert run.cold_distinct.tolist() == res.cold_distinct[dec].sum(axis=1).tolist()
+    assert run.uploads.tolist() == res.uploads[dec].sum(axis=1).tolist()
+    eb = SHAPE.expert_bytes
+    if mode == "cold-cpu":
+        want = res.uploads[dec].sum(axis=1) * eb
+    else:
+        want = (res.cold_distinct[dec] + res.uploads[dec] - res.uploads_missed[dec]).sum(axis=1) * eb
+    assert run.upload_bytes.tolist() == want.tolist()
+    # the final slot table is the replay's, and every slot holds its expert's weights
+    for layer in range(SHAPE.n_layers):
+        want_tab = res.resident_final[layer, : int(res.slots[layer])]
+        assert engine.resident(layer).tolist() == want_tab.tolist()
+        for slot, e in enumerate(want_tab):
+            if e >= 0:
+                assert torch.equal(engine.pool[layer][slot], engine.q[layer][int(e)])
+    assert run.hit_rate == pytest.approx(res.hit_rate)
+
+
+def test_live_outputs_match_reference_along_a_run(engine):
+    """Token outputs of a whole run (all layers chained) equal the reference chain under a fork schedule."""
+    tr = _trace(seed=11, n_decode=12)
+    res = replay(tr, _make("fork"), 4, record_events=True)
+    sched = Schedule.from_replay(tr, res)
+    engine.set_slots(sched.slots, sched.initial_resident)
+    ev = sched.events
+    b = sched.step_bounds
+    for s in range(sched.n_steps):
+        for t in range(int(b[s]), int(b[s + 1])):
+            if sched.step_phase[s] != PHASE_DECODE:
+                continue
+            x = engine.token_input(t)
+            xr = _np(x).ravel()
+            for layer in range(SHAPE.n_layers):
+                x, _ = engine.forward_layer(layer, x, sched.experts[t, layer], sched.weights[t, layer])
+                xr = reference_layer(engine, layer, xr, sched.experts[t, layer], sched.weights[t, layer])
+            assert np.linalg.norm(_np(x).ravel() - xr) / np.linalg.norm(xr) < 1e-5
+        engine.apply_uploads(ev[ev[:, 0] == s], blocking=False)
+
+
+def test_shape_from_spec_and_engine_model_spec():
+    from hotexperts.modelspec import load_model_spec
+
+    spec = load_model_spec("qwen3.5-122b-a10b-q4_k_l")
+    sh = EngineShape.from_spec(spec, n_layers=12)
+    assert (sh.hidden, sh.expert_ff, sh.n_expert, sh.top_k) == (3072, 1024, 256, 8)
+    assert sh.expert_bytes == 3 * 3072 * 1024
+    assert sh.dense_bytes_per_layer == spec.dense_bytes // spec.n_layer
+    m = sh.model_spec(spec)
+    assert m.n_layer == 12 and m.moe_layers == tuple(range(12))
+    assert set(m.expert_bytes) == {3 * 3072 * 1024}
+    # the dense part the engine builds is within one row-block of the requested bytes
+    assert abs(m.dense_bytes / 12 - sh.dense_bytes_per_layer) <= 3072 * 3072 * 2
+    json.dumps(m.to_dict())
