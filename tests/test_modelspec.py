@@ -397,3 +397,53 @@ def test_load_model_spec_unknown_preset_lists_known() -> None:
     for name in PRESETS:
         assert name in str(exc.value)
     assert os.sep not in "qwen9-1t"
+
+
+def test_hybrid_linear_attention_model(tmp_path: Path) -> None:
+    """qwen35moe-style: DeltaNet layers' fused attn_qkv is no KV cache; merged gate_up experts."""
+    e, ff, n_exp, d_state, n_group, n_v, d_conv = 256, 256, 4, 32, 2, 8, 4
+    inner = d_state * n_v
+    conv_dim = 2 * d_state * n_group + inner
+    m = _Model()
+    m.add("token_embd.weight", (e, VOCAB), "Q8_0")
+    for il in range(4):
+        p = f"blk.{il}."
+        if il == 3:
+            m.add(p + "attn_q.weight", (e, 2 * N_HEAD * HD), "Q4_K")
+            m.add(p + "attn_k.weight", (e, N_HEAD_KV * HD), "Q4_K")
+            m.add(p + "attn_v.weight", (e, N_HEAD_KV * HD), "Q4_K")
+        else:
+            m.add(p + "attn_qkv.weight", (e, conv_dim), "Q4_K")
+            m.add(p + "ssm_conv1d.weight", (d_conv, conv_dim), "F32")
+            m.add(p + "ssm_out.weight", (inner, e), "Q4_K")
+        m.add(p + "ffn_gate_inp.weight", (e, n_exp), "F32")
+        m.add(p + "ffn_gate_up_exps.weight", (e, 2 * ff, n_exp), "Q4_K", expert=True)
+        m.add(p + "ffn_down_exps.weight", (ff, e, n_exp), "Q6_K", expert=True)
+    path = tmp_path / "hybrid.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen35moe")
+    w.add_block_count(4)
+    w.add_embedding_length(e)
+    w.add_expert_count(n_exp)
+    w.add_expert_used_count(2)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD_KV)
+    w.add_key_length(HD)
+    w.add_uint32("qwen35moe.ssm.conv_kernel", d_conv)
+    w.add_uint32("qwen35moe.ssm.state_size", d_state)
+    w.add_uint32("qwen35moe.ssm.group_count", n_group)
+    w.add_uint32("qwen35moe.ssm.inner_size", inner)
+    for name, arr, _shape, t in m.tensors:
+        w.add_tensor(name, arr, raw_dtype=None if t == "F32" else Q[t])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    s = spec_from_gguf(path)
+    assert s.moe_layers == (0, 1, 2, 3) and s.expert_ff == ff
+    assert s.expert_types[0] == {"gate_up": "Q4_K", "down": "Q6_K"}
+    assert s.expert_bytes == (nbytes(2 * e * ff, "Q4_K") + nbytes(e * ff, "Q6_K"),) * 4
+    assert s.dense_bytes == m.dense_bytes
+    assert s.n_kv_layers == 1 and s.extra["kv_layers"] == [3] and s.extra["recurrent_layers"] == [0, 1, 2]
+    # llama.cpp: conv state (d_conv - 1) x conv_dim + recurrent state d_state x inner, f32, per layer
+    assert s.state_bytes == 3 * 4 * ((d_conv - 1) * conv_dim + d_state * inner)
+    assert "state_bytes" in s.extra["estimates"]
