@@ -53,7 +53,7 @@ class _TensorPlan:
     name: str
     shape: tuple[int, ...]  # numpy order (the reverse of ggml's ne)
     ggml_type: str
-    make: Callable[[np.random.Generator], np.ndarray]
+    make: Callable[[np.random.Generator, str], np.ndarray]  # (rng, type) -> data to write
 
 
 def _qtype(name: str) -> Any:
@@ -65,19 +65,34 @@ def _qtype(name: str) -> Any:
     return gguf.GGMLQuantizationType[key.upper()]
 
 
-def _encode(a: np.ndarray, ggml_type: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(bytes_or_array_to_write, float32 values llama.cpp will see)``."""
+def _encode(a: np.ndarray, ggml_type: str) -> np.ndarray:
+    """The array to write for ``a`` stored as ``ggml_type`` (float array or quantized bytes)."""
     import gguf.quants
 
     a = np.ascontiguousarray(a, dtype=np.float32)
     if ggml_type == "f32":
-        return a, a
+        return a
     if ggml_type == "f16":
-        h = a.astype(np.float16)
-        return h, h.astype(np.float32)
-    qt = _qtype(ggml_type)
-    q = gguf.quants.quantize(a, qt)
-    return q, np.asarray(gguf.quants.dequantize(q, qt), dtype=np.float32).reshape(a.shape)
+        return a.astype(np.float16)
+    return gguf.quants.quantize(a, _qtype(ggml_type))
+
+
+def _random_q8_0(rng: np.random.Generator, shape: tuple[int, ...], half: float) -> np.ndarray:
+    """Q8_0 blocks (f16 scale ``d``, 32 int8 quants) of values uniform in about ``[-half, half]``."""
+    n_blocks = int(np.prod(shape)) // 32
+    blocks = np.empty((n_blocks, 34), np.uint8)
+    blocks[:, :2] = np.full((n_blocks, 1), np.float16(half / 127.0)).view(np.uint8)
+    blocks[:, 2:] = rng.integers(-127, 128, (n_blocks, 32), dtype=np.int8).view(np.uint8)
+    return blocks.reshape(*shape[:-1], shape[-1] // 32 * 34)
+
+
+def _decode(data: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 values llama.cpp sees for ``data`` written as ``ggml_type``."""
+    import gguf.quants
+
+    if ggml_type in ("f32", "f16"):
+        return np.asarray(data, dtype=np.float32)
+    return np.asarray(gguf.quants.dequantize(data, _qtype(ggml_type)), dtype=np.float32).reshape(shape)
 
 
 def write_test_moe_gguf(
@@ -139,14 +154,26 @@ def write_test_moe_gguf(
     zero_layers = {int(x) for x in zero_attn_out_layers}
     n_vocab = BYTE_VOCAB_SIZE
 
-    def normal(shape: tuple[int, ...], std: float) -> Callable[[np.random.Generator], np.ndarray]:
-        return lambda rng: rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+    def normal(shape: tuple[int, ...], std: float) -> Callable[[np.random.Generator, str], np.ndarray]:
+        # NOTE: uniform with the given standard deviation, not Gaussian: twice as fast to draw, and
+        # q8_0 tensors are drawn directly as blocks (int8 quants and one scale), with no quantizing.
+        half = float(std) * 3.0**0.5
 
-    def norm_w(n: int) -> Callable[[np.random.Generator], np.ndarray]:
-        return lambda rng: (1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32)
+        def make(rng: np.random.Generator, t: str) -> np.ndarray:
+            if t == "q8_0":
+                return _random_q8_0(rng, shape, half)
+            a = rng.random(shape, dtype=np.float32)
+            a *= np.float32(2 * half)
+            a -= np.float32(half)
+            return _encode(a, t)
 
-    def zeros(shape: tuple[int, ...]) -> Callable[[np.random.Generator], np.ndarray]:
-        return lambda rng: np.zeros(shape, np.float32)
+        return make
+
+    def norm_w(n: int) -> Callable[[np.random.Generator, str], np.ndarray]:
+        return lambda rng, t: _encode(1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32), t)
+
+    def zeros(shape: tuple[int, ...]) -> Callable[[np.random.Generator, str], np.ndarray]:
+        return lambda rng, t: _encode(np.zeros(shape, np.float32), t)
 
     plans: list[_TensorPlan] = [
         _TensorPlan("token_embd.weight", (n_vocab, n_embd), dtype, normal((n_vocab, n_embd), 1.0)),
@@ -271,15 +298,15 @@ def write_test_moe_gguf(
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for plan in plans:
-            data, seen = _encode(plan.make(rng), plan.ggml_type)
+            data = plan.make(rng, plan.ggml_type)
             w.write_tensor_data(data)
             if keep_weights:
                 if plan.name == "token_embd.weight":
-                    out["token_embd"] = seen
+                    out["token_embd"] = _decode(data, plan.ggml_type, plan.shape)
                 elif plan.name.endswith(".ffn_norm.weight"):
-                    out["ffn_norm"][int(plan.name.split(".")[1])] = seen
+                    out["ffn_norm"][int(plan.name.split(".")[1])] = _decode(data, plan.ggml_type, plan.shape)
                 elif plan.name.endswith(".ffn_gate_inp.weight"):
-                    out["ffn_gate_inp"][int(plan.name.split(".")[1])] = seen
+                    out["ffn_gate_inp"][int(plan.name.split(".")[1])] = _decode(data, plan.ggml_type, plan.shape)
         w.close()
         out["bytes"] = os.path.getsize(tmp)
     return out
