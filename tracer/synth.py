@@ -69,7 +69,7 @@ NOISY_DECODE_TOKENS = 200
 MAX_DISTANCE = 256  # copy kernel support, tokens
 DRIFT_EVERY = 16  # tokens between drift updates
 DEFAULT_DRIFT_TAU = 256.0  # drift correlation time, tokens
-DEFAULT_REQUEST_SHARE = 0.5  # share of popularity variance redrawn at a request start
+DEFAULT_REQUEST_SHARE = 0.9  # share of the popularity ranking redrawn at a request start
 _PARAMS_DIR = "synth_params"
 
 
@@ -87,7 +87,7 @@ class LayerSynthParams:
         copy_next_prefill: the same for prefill (prompt) tokens.
         copy_far: probability that a pick copies an expert of token ``t - d``, ``d >= 2``.
         dist_exponent: ``gamma`` of that distance kernel ``q(d) ~ d^-gamma``, ``d = 2..256``.
-        sigma_pop: standard deviation of the log-popularity within one request (skew).
+        zipf_exponent: popularity skew: the expert of popularity rank ``r`` has weight ``r^-s``.
         sigma_drift: stationary standard deviation of the drifting part of the log-popularity.
     """
 
@@ -95,7 +95,7 @@ class LayerSynthParams:
     copy_next_prefill: float
     copy_far: float
     dist_exponent: float
-    sigma_pop: float
+    zipf_exponent: float
     sigma_drift: float
 
 
@@ -247,16 +247,13 @@ class SynthParams:
             q = d ** (-x.dist_exponent)
             cdf[i] = np.cumsum(q) / q.sum()
         cdf[:, -1] = 1.0
-        sp = np.array([x.sigma_pop for x in lay])
-        share = self.request_share
         rho = math.exp(-self.drift_every / self.drift_tau)
         return {
             "logit_next_dec": _logit(np.array([x.copy_next_decode for x in lay])),
             "logit_next_pre": _logit(np.array([x.copy_next_prefill for x in lay])),
             "copy_far": np.array([x.copy_far for x in lay]),
             "dist_cdf": cdf,
-            "sigma_static": sp * math.sqrt(1.0 - share),
-            "sigma_request": sp * math.sqrt(share),
+            "zipf_exponent": np.array([x.zipf_exponent for x in lay]),
             "sigma_drift": np.array([x.sigma_drift for x in lay]),
             "rho_drift": np.full(len(lay), rho),
         }
@@ -337,8 +334,8 @@ def _run_kernel(
         a["logit_next_pre"],
         a["copy_far"],
         a["dist_cdf"],
-        a["sigma_static"],
-        a["sigma_request"],
+        a["zipf_exponent"],
+        float(params.request_share),
         a["sigma_drift"],
         a["rho_drift"],
         int(params.drift_every),
@@ -479,7 +476,7 @@ _GRIDS = {
     "copy_next_prefill": np.linspace(0.0, 0.6, 13),
     "copy_far": np.linspace(0.0, 0.8, 9),
     "dist_exponent": np.linspace(0.0, 2.5, 11),
-    "sigma_pop": np.linspace(0.0, 2.4, 13),
+    "zipf_exponent": np.linspace(0.0, 1.6, 17),
     "sigma_drift": np.linspace(0.0, 1.6, 9),
 }
 
@@ -552,7 +549,7 @@ def fit_synth(
         "copy_next_prefill": np.full(L, 0.3),
         "copy_far": np.full(L, 0.3),
         "dist_exponent": np.full(L, 1.0),
-        "sigma_pop": np.full(L, 1.0),
+        "zipf_exponent": np.full(L, 0.8),
         "sigma_drift": np.full(L, 0.3),
     }
     depth = tuple(np.linspace(0, 1, L).tolist()) if L > 1 else (0.5,)
@@ -577,7 +574,7 @@ def fit_synth(
         st /= len(seeds)
         return ((st - target) ** 2 * w).sum(1), st
 
-    order = ["copy_next_decode", "copy_far", "sigma_pop", "dist_exponent"]
+    order = ["copy_next_decode", "copy_far", "zipf_exponent", "dist_exponent"]
     if fit_prefill:
         order.append("copy_next_prefill")
     if fit_drift:
