@@ -104,9 +104,14 @@ def prefill_seconds(model: ModelSpec, hw: HardwareProfile, gpu_layers: np.ndarra
 
 
 def _solve_linear(f: Any) -> tuple[float, float, float]:
-    """``f(x, y)`` is affine in ``(x, y)``; return its coefficients ``(cx, cy, c0)`` from three evaluations."""
-    c0 = f(0.0, 0.0)
-    return f(1.0, 0.0) - c0, f(0.0, 1.0) - c0, c0
+    """``f(x, y)`` is affine in ``(x, y)`` near realistic values; return ``(cx, cy, c0)`` with
+    ``f = cx * x + cy * y + c0``. Evaluated at y = 1/50 and 1/40 (CPU bandwidths of 50 and 40 GB/s), where
+    every layer with a cold expert is CPU-bound, so the max(hot, cold) of each layer does not switch sides."""
+    y0, y1 = 1.0 / 50.0, 1.0 / 40.0
+    f0 = f(0.0, y0)
+    cx = f(1.0, y0) - f0
+    cy = (f(0.0, y1) - f0) / (y1 - y0)
+    return cx, cy, f0 - cy * y0
 
 
 def fit(model: ModelSpec) -> tuple[HardwareProfile, dict[str, Any]]:
@@ -285,7 +290,7 @@ def _first_steady_step(rr: Any) -> int:
     return int(dec[0]) if dec.size else 0
 
 
-def rtx5090_check(model: ModelSpec, hw4090: HardwareProfile) -> dict[str, Any]:
+def rtx5090_check(model: ModelSpec, hw4090: HardwareProfile, trace_path: Path | None = None) -> dict[str, Any]:
     """Out-of-sample check on the third-party RTX 5090 points (Qwen3.5-122B UD-IQ3_S, interval 40).
 
     Unknowns there: the CPU (not published) and the UD-IQ3_S expert sizes. Assumptions, stated:
@@ -296,7 +301,8 @@ def rtx5090_check(model: ModelSpec, hw4090: HardwareProfile) -> dict[str, Any]:
     - cpu_expert_bw: FITTED on the K=0 point alone (28.91 tok/s);
     - hit rates: the ones the third party reported (not simulated); uploads: none counted (interval 40
       rebalances swap few experts once warm; counted as zero, which favours the prediction slightly).
-    Then K=32..128 are predictions.
+    Then K=32..128 are predictions. With the trace, a second prediction replaces the reported hit rates by
+    the fork's simulated ones (interval 40, uploads counted) on the remapped Kimi-Linear trace.
     """
     points = {0: (28.91, 0.0), 32: (30.81, 0.48), 64: (33.36, 0.60), 96: (37.04, 0.64), 128: (42.28, 0.72)}
     eb = 3.22e6
@@ -330,7 +336,38 @@ def rtx5090_check(model: ModelSpec, hw4090: HardwareProfile) -> dict[str, Any]:
     rows = []
     for kk, (meas, h) in points.items():
         rows.append({"K": kk, "hit_rate_reported": h, "predicted_tok_s": 1.0 / t(bw, h), "measured_tok_s": meas})
-    return {"assumptions": rtx5090_check.__doc__, "expert_bytes": eb, "cpu_expert_bw_fitted_on_K0": bw, "points": rows}
+    # variant B: fit dense_fixed_ms AND cpu_expert_bw on the two end points (K=0, K=128, reported hit rates)
+    # and predict the three inner points: does the max(hot, cold) structure interpolate?
+    def tb(x: float, y: float, h: float) -> float:
+        hb = hw.replace(dense_fixed_ms=x, cpu_expert_bw=1.0 / y if y > 0 else 1e12)
+        hot = np.full((1, L), k * h)
+        c = StepCounts(step_tokens=np.array([1]), step_phase=np.array([1], np.uint8), step_pos=np.array([DECODE_POS]),
+                       hot_distinct=hot, cold_distinct=k - hot, uploads=np.zeros((1, L)), slots=np.zeros(L))
+        return float(evaluate(c, m, hb, kv_type=KV_TYPE).total[0])
+
+    (ax, ay, a0) = _solve_linear(lambda x, y: tb(x, y, 0.0))
+    (bx, by, b0) = _solve_linear(lambda x, y: tb(x, y, points[128][1]))
+    sol = np.linalg.solve(np.array([[ax, ay], [bx, by]]), np.array([1 / points[0][0] - a0, 1 / points[128][0] - b0]))
+    fixed_b, bw_b = float(sol[0]), float(1.0 / sol[1])
+    for row in rows:
+        row["variant_b_predicted_tok_s"] = 1.0 / tb(fixed_b, 1.0 / bw_b, row["hit_rate_reported"])
+    if trace_path is not None and trace_path.exists():
+        from hotexperts.policies import make_policy
+        from hotexperts.sim.simulate import simulate
+        from hotexperts.tracer.importers import import_trace
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trace = import_trace(trace_path, n_expert=256)
+        hw5 = hw.replace(cpu_expert_bw=bw)
+        for row in rows:
+            kk = row["K"]
+            pol = make_policy("fork", interval=40, pp_bypass=64) if kk else make_policy("all-cpu")
+            r = simulate(trace, m, hw5, pol, kk, remap=True, pos_offset=N_PROMPT, warm_up=kk == 0)
+            row["hit_rate_simulated"] = r.hit_rate
+            row["predicted_tok_s_simulated_hits"] = r.decode_tok_s
+    return {"assumptions": rtx5090_check.__doc__, "expert_bytes": eb, "cpu_expert_bw_fitted_on_K0": bw,
+            "variant_b_fit_on_K0_K128": {"dense_fixed_ms": fixed_b, "cpu_expert_bw": bw_b}, "points": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,11 +404,18 @@ def main(argv: list[str] | None = None) -> int:
         print("  decode ms/token by term: " + ", ".join(f"{k} {v:.2f}" for k, v in pred["terms_ms_per_decode_token"].items()))
     else:
         print(f"\n(trace {args.trace} absent: no hot-cache prediction)", file=sys.stderr)
-    chk = rtx5090_check(model, hw)
+    chk = rtx5090_check(model, hw, args.trace)
     result["rtx5090_check"] = chk
     print(f"\nRTX 5090 out-of-sample (cpu_expert_bw fitted on K=0: {chk['cpu_expert_bw_fitted_on_K0']:.1f} GB/s):")
     for r in chk["points"]:
-        print(f"  K={r['K']:3d} hit {r['hit_rate_reported']:.2f}: predicted {r['predicted_tok_s']:6.2f}  measured {r['measured_tok_s']:6.2f}")
+        sim = ""
+        if "hit_rate_simulated" in r:
+            sim = f"   | simulated hit {r['hit_rate_simulated']:.2f}: predicted {r['predicted_tok_s_simulated_hits']:6.2f}"
+        print(f"  K={r['K']:3d} reported hit {r['hit_rate_reported']:.2f}: predicted {r['predicted_tok_s']:6.2f}"
+              f"  measured {r['measured_tok_s']:6.2f}{sim}   | variant B {r['variant_b_predicted_tok_s']:6.2f}")
+    vb_fit = chk["variant_b_fit_on_K0_K128"]
+    print(f"  variant B (fit on K=0 and K=128): dense_fixed_ms {vb_fit['dense_fixed_ms']:.2f}, "
+          f"cpu_expert_bw {vb_fit['cpu_expert_bw']:.1f} GB/s")
     write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
     if args.write_preset:
