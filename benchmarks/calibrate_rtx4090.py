@@ -195,7 +195,9 @@ def reproduce(model: ModelSpec, hw: HardwareProfile) -> dict[str, Any]:
     for key, n in (("all-cpu", model.n_layer), ("layer-offload-N40", 40)):
         gl = gpu_layers_n_cpu_moe(model, n)
         vb = vram_breakdown(model, np.where(gl, model.n_expert, 0), context=CONTEXT, kv_type=KV_TYPE, hardware=hw, ubatch=UBATCH)
+        cb = evaluate(_baseline_counts(model, gl), model, hw, kv_type=KV_TYPE)
         out[key] = {
+            "terms_ms_per_decode_token": cb.term_ms_per_token(1),
             "decode_tok_s": 1.0 / decode_step_seconds(model, hw, gl),
             "prefill_tok_s": N_PROMPT / prefill_seconds(model, hw, gl),
             "vram_gib": vb["total"] / GiB,
@@ -388,11 +390,16 @@ def main(argv: list[str] | None = None) -> int:
         mv = "" if r["measured_vram_gib"] is None else f"{r['measured_vram_gib']:.1f}"
         print(f"{key:20s} {r['decode_tok_s']:8.2f} / {r['measured_decode']:6.2f}   "
               f"{r['prefill_tok_s']:8.1f} / {r['measured_prefill']:6.1f}    {r['vram_gib']:6.2f} / {mv}")
+    for key, r in repro.items():
+        print(f"  {key} decode ms/token by term: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["terms_ms_per_decode_token"].items() if v))
     if args.trace.exists():
         pred = predict_hot_cache(model, hw, args.trace)
         result["hot_cache_prediction"] = pred
         print(f"\nPREDICTED hot cache ({pred['label']}, trace {pred['trace']} remapped 26->48 layers):")
-        print(f"  simulated decode hit rate      {pred['hit_rate']:.3f}")
+        print(f"  simulated decode hit rate      {pred['hit_rate']:.3f} (layers {pred['hit_rate_per_layer_min_max'][0]:.3f}"
+              f"..{pred['hit_rate_per_layer_min_max'][1]:.3f}), {pred['trace_decode_tokens']} decode tokens")
+        print(f"  uploads {pred['upload_experts']} experts, {pred['upload_gb']:.2f} GB (blocking, incl. FILLING)")
         print(f"  decode tok/s  predicted {pred['decode_tok_s']:.2f}   measured {pred['measured_decode']:.2f}")
         print(f"    steady state (from step {pred['steady_state']['from_step']}): hit "
               f"{pred['steady_state']['hit_rate']:.3f}, {pred['steady_state']['decode_tok_s']:.2f} tok/s")
