@@ -212,8 +212,7 @@ def profile_from_trace(trace: Trace, *, source: str | None = None) -> Profile:
         md, mp = dec & ok, pre & ok
         tables["decode_tokens"][il] = np.bincount(ids[md].reshape(-1), minlength=E)
         tables["prefill_tokens"][il] = np.bincount(ids[mp].reshape(-1), minlength=E)
-        keys = np.unique((step_of[md][:, None] * E + ids[md]).reshape(-1))
-        tables["decode_union"][il] = np.bincount(keys % E, minlength=E)
+        tables["decode_union"][il] = np.bincount(_distinct(step_of[md][:, None] * E + ids[md]) % E, minlength=E)
         if wsum is not None and trace.weights is not None:
             w = trace.weights[:, li, :].astype(np.float64)
             wsum[il] = np.bincount(ids[md].reshape(-1), weights=w[md].reshape(-1), minlength=E)
@@ -236,6 +235,14 @@ def profile_from_trace(trace: Trace, *, source: str | None = None) -> Profile:
         header={k: re.sub(r"\s+", "_", str(header[k])) or "-" for k in _HEADER_ORDER},
         sections=sections,
     )
+
+
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """Distinct values of an int64 array (sort-based; numpy's hash-based ``unique`` is slow on large arrays)."""
+    k = np.sort(keys.reshape(-1))
+    if k.size == 0:
+        return k
+    return k[np.r_[True, k[1:] != k[:-1]]]
 
 
 def _source_name(meta: dict[str, Any]) -> str:

@@ -51,32 +51,47 @@ def layer_stats(trace: Trace, li: int, dec: np.ndarray, dreq: np.ndarray, didx: 
         "distinct_experts": int(np.count_nonzero(counts)),
         "top10pct_share": float(top / total) if total else None,
     }
-    # next-token reuse over consecutive decode tokens of one request, both present
     d_ok = np.ones(dec.size, bool) if pres is None else pres[dec]
     pair = (didx[1:] == didx[:-1] + 1) & (dreq[1:] == dreq[:-1]) & d_ok[1:] & d_ok[:-1]
-    if bool(pair.any()):
-        cur = ids[dec[1:][pair]]
-        prev = ids[dec[:-1][pair]]
-        hit = (cur[:, :, None] == prev[:, None, :]).any(axis=2).sum()
-        out["next_token_reuse"] = float(hit / cur.size)
-    else:
-        out["next_token_reuse"] = None
-    # reuse distances: sort decode selections by (request, expert, index); gaps between neighbours
+    n_pairs = int(np.count_nonzero(pair))
+    out["next_token_reuse"] = None
+    out["median_reuse_distance"] = None
+    out["reuse_events"] = 0
     dd, rr, ii = dec[d_ok], dreq[d_ok], didx[d_ok]
-    if dd.size:
-        ex = ids[dd].astype(np.int64).reshape(-1)
-        rq = np.repeat(rr, k)
-        ix = np.repeat(ii, k)
-        o = np.lexsort((ix, ex, rq))
-        ex, rq, ix = ex[o], rq[o], ix[o]
-        same = (ex[1:] == ex[:-1]) & (rq[1:] == rq[:-1])
-        dist = (ix[1:] - ix[:-1])[same]
-        out["median_reuse_distance"] = float(np.median(dist)) if dist.size else None
-        out["reuse_events"] = int(dist.size)
-    else:
-        out["median_reuse_distance"] = None
-        out["reuse_events"] = 0
+    if dd.size == 0:
+        return out
+    # NOTE: one int64 key (request, expert, index within the request) sorted once: neighbours with the
+    # same (request, expert) are consecutive uses of the expert, their index gap the reuse distance. A
+    # gap of 1 is exactly "the previous decode token of the request also selected it" (absent tokens
+    # are not in the keys), so next-token reuse = gaps of 1 / selections of tokens whose predecessor
+    # is present.
+    span = int(ii.max()) + 1
+    _, rdense = _dense(rr)
+    key = (np.repeat(rdense, k) * E + ids[dd].astype(np.int64).reshape(-1)) * span + np.repeat(ii.astype(np.int64), k)
+    key.sort()
+    grp = key // span
+    dist = np.diff(key)[grp[1:] == grp[:-1]]
+    if n_pairs:
+        out["next_token_reuse"] = float(np.count_nonzero(dist == 1) / (n_pairs * k))
+    if dist.size:
+        hist = np.bincount(dist)
+        cum = np.cumsum(hist)
+        m = dist.size
+        lo = int(np.searchsorted(cum, (m - 1) // 2 + 1))
+        hi = int(np.searchsorted(cum, m // 2 + 1))
+        out["median_reuse_distance"] = (lo + hi) / 2.0
+        out["reuse_events"] = int(m)
     return out
+
+
+def _dense(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Like ``np.unique(a, return_inverse=True)`` but sort-based (fast on large arrays)."""
+    o = np.argsort(a, kind="stable")
+    s = a[o]
+    first = np.r_[True, s[1:] != s[:-1]]
+    inv = np.empty(a.size, np.int64)
+    inv[o] = np.cumsum(first) - 1
+    return s[first], inv
 
 
 def trace_stats(trace: Trace) -> dict[str, Any]:
