@@ -72,6 +72,10 @@ def register(sub: Any) -> None:
     n.add_argument("--verify", action="store_true", help="also check the CRC-32 of every array")
     n.set_defaults(func=_info)
 
+    from hotexperts.tracer.synth_cli import add_synth_parser
+
+    add_synth_parser(tsub)
+
 
 def _capture(args: argparse.Namespace) -> int:
     from hotexperts.tracer.capture import capture_from_args
