@@ -494,3 +494,13 @@ def test_cli_import_warnings_and_output(tmp_path, capsys):
     rc, _, err = _run_cli(["trace", "import", str(p), "--out", str(out)], capsys)
     assert rc == 0 and out.exists()
     assert any(line.startswith("hotexperts: warning:") and "truncated" in line for line in err.splitlines())
+
+
+def test_model_preset_supplies_and_checks(kimi_alt_csv, tmp_path):
+    tr = import_trace(kimi_alt_csv, model="kimi-linear-48b-a3b-q4_k_m")
+    assert tr.n_expert == 256 and "n_expert_inferred" not in tr.meta
+    assert tr.meta["model"]["n_expert"] == 256
+    with pytest.raises(InputError, match="differs"):
+        import_trace(kimi_alt_csv, model="kimi-linear-48b-a3b-q4_k_m", n_expert=128)
+    with pytest.raises(InputError, match="out of range for n_expert=8"):
+        import_trace(kimi_alt_csv, model="mixtral-8x7b-q4_k_m", n_expert=None)
