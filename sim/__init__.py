@@ -21,3 +21,8 @@ __all__ += [
     "simulate",
     "vram_breakdown",
 ]
+
+# replay engine (helper H4)
+from hotexperts.sim.replay import EVENT_DTYPE, ReplayResult, hit_curve, replay, warmup  # noqa: E402
+
+__all__ += ["EVENT_DTYPE", "ReplayResult", "hit_curve", "replay", "warmup"]
