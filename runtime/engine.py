@@ -97,7 +97,7 @@ class EngineShape:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, *, n_layers: int) -> EngineShape:
-        """``n_layers`` MoE layers of ``spec``'s shape; each gets ``dense_bytes / n_layer`` dense bytes."""
+        """``n_layers`` MoE layers of ``spec``'s shape; each gets ``(dense - embedding) / n_layer`` dense bytes."""
         if n_layers <= 0:
             raise ValueError("n_layers must be positive")
         return cls(
@@ -107,7 +107,8 @@ class EngineShape:
             top_k=int(spec.n_expert_used),
             n_layers=int(n_layers),
             shared_ff=int(spec.shared_ff) * max(1, int(spec.n_shared_expert)) if spec.shared_ff else 0,
-            dense_bytes_per_layer=int(spec.dense_bytes // max(1, spec.n_layer)),
+            # NOTE: the token embedding stays in host memory in llama.cpp (a row lookup, no GPU work)
+            dense_bytes_per_layer=int((spec.dense_bytes - spec.embd_bytes) // max(1, spec.n_layer)),
         )
 
     def model_spec(self, base: ModelSpec, *, compute_elem: int = 2) -> ModelSpec:
@@ -121,6 +122,10 @@ class EngineShape:
             expert_bytes=[self.expert_bytes] * self.n_layers,
             expert_types=[],
             dense_bytes=self.dense_rows(compute_elem) * self.hidden * compute_elem * self.n_layers,
+            embd_bytes=0,
+            # the engine has no attention and no recurrent state: those terms are zero in its spec
+            n_kv_layers=0,
+            state_bytes=0,
             source="hotexperts.runtime engine",
         )
         return ModelSpec.from_dict(d)
@@ -314,12 +319,18 @@ class MoEEngine:
         self.sgu: list[torch.Tensor] = []
         self.sd: list[torch.Tensor] = []
         self.pinned = False
+        # NOTE: with fewer distinct experts than experts, one random pool serves every layer (random int8
+        # generation is slow, ~100 MB/s); each layer then maps its experts onto the pool differently
+        shared_base = None
+        if n_distinct < E:
+            shared_base = torch.randint(-127, 128, (n_distinct, 3 * ff * h), dtype=torch.int8, generator=g)
         for layer in range(L):
             q = torch.empty(E, 3 * ff * h, dtype=torch.int8)
-            base = torch.randint(-127, 128, (n_distinct, 3 * ff * h), dtype=torch.int8, generator=g)
-            q[:n_distinct] = base
-            for e in range(n_distinct, E):
-                q[e] = base[(e * 7 + layer) % n_distinct]
+            if shared_base is None:
+                q.copy_(torch.randint(-127, 128, (E, 3 * ff * h), dtype=torch.int8, generator=g))
+            else:
+                for e in range(E):
+                    q[e] = shared_base[(e * 7 + layer) % n_distinct]
             # scales ~ 1/(sqrt(fan_in) * 73): int8 uniform weights have std ~73, so W has std 1/sqrt(fan_in)
             sgu = (torch.rand(E, 2 * ff, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(h))
             sd = (torch.rand(E, h, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(ff))
@@ -542,11 +553,13 @@ class MoEEngine:
         return out, stats
 
     def _index(self, order: list[int], slots: list[int], ids: list[int], ws: list[float]) -> tuple[torch.Tensor, ...]:
-        dev = self.device
-        s = torch.tensor(slots, dtype=torch.long).to(dev, non_blocking=False)
-        e = torch.tensor([ids[i] for i in order], dtype=torch.long).to(dev, non_blocking=False)
-        w = torch.tensor([ws[i] for i in order], dtype=self.dtype).to(dev, non_blocking=False)
-        return s, e, w
+        """Slot ids, expert ids and gate weights of a grouped call, sent with async copies from pinned memory."""
+        dev, cuda = self.device, self.device.type == "cuda"
+        n = len(order)
+        idx = torch.tensor(slots + [ids[i] for i in order], dtype=torch.long, pin_memory=cuda)
+        w = torch.tensor([ws[i] for i in order], dtype=self.dtype, pin_memory=cuda)
+        idx = idx.to(dev, non_blocking=cuda)
+        return idx[:n], idx[n:], w.to(dev, non_blocking=cuda)
 
     # -------------------------------------------------------------------- run
     def token_input(self, token: int) -> torch.Tensor:
@@ -675,7 +688,9 @@ def _host_register(t: torch.Tensor) -> bool:
         rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
     except Exception:  # noqa: BLE001 - pinning is an optimisation; pageable copies still work
         return False
-    return int(rc) == 0 if not isinstance(rc, tuple) else int(rc[0]) == 0
+    if isinstance(rc, tuple):
+        rc = rc[0]
+    return int(getattr(rc, "value", rc)) == 0
 
 
 def _host_unregister(t: torch.Tensor) -> None:

@@ -209,7 +209,7 @@ def test_shape_from_spec_and_engine_model_spec():
     sh = EngineShape.from_spec(spec, n_layers=12)
     assert (sh.hidden, sh.expert_ff, sh.n_expert, sh.top_k) == (3072, 1024, 256, 8)
     assert sh.expert_bytes == 3 * 3072 * 1024
-    assert sh.dense_bytes_per_layer == spec.dense_bytes // spec.n_layer
+    assert sh.dense_bytes_per_layer == (spec.dense_bytes - spec.embd_bytes) // spec.n_layer
     m = sh.model_spec(spec)
     assert m.n_layer == 12 and m.moe_layers == tuple(range(12))
     assert set(m.expert_bytes) == {3 * 3072 * 1024}

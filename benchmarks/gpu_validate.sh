@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# End to end on a fresh, offline GPU host: install hotexperts from this checkout (no network: wheels
+# brought along in .whl/, see benchmarks/fetch_wheels.sh), calibrate the machine, validate the
+# simulator against live runs, and leave everything in OUTDIR.
+#
+# Usage: benchmarks/gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]
+#   TRACE   routing trace (.hxt, or a CSV/JSONL the tracer imports) with the model's expert count/top-k
+#   LAYERS  engine MoE layers (default 12: 29 GB of int8 Qwen3.5-122B-shaped experts in host RAM)
+#   TOKENS  measured decode tokens per configuration (default 200, after 16 warm-up tokens)
+# Environment: WHEELS (default REPO/.whl), MODEL (default qwen3.5-122b-a10b-q4_k_l), PYTHON (default python3), THREADS (default all),
+#   DEVICE (default cuda; cpu for a dry run of the script on a machine without a GPU).
+set -euo pipefail
+OUTDIR="${1:?usage: gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]}"
+TRACE="${2:?usage: gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]}"
+LAYERS="${3:-12}"
+TOKENS="${4:-200}"
+MODEL="${MODEL:-qwen3.5-122b-a10b-q4_k_l}"
+PY="${PYTHON:-python3}"
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/log.txt"
+exec > >(tee -a "$LOG") 2>&1
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-/tmp/hx-numba}"
+
+echo "== machine"
+date -u
+nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max --format=csv || true
+lscpu | grep -E "Model name|^CPU\(s\)|L3" || true
+free -g | head -2
+"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== install (offline)"
+SITE=/tmp/hx-site
+rm -rf "$SITE"; mkdir -p "$SITE"
+WHEELS="${WHEELS:-$REPO/.whl}"
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+fi
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$SITE" "$REPO"
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+cd /tmp  # import the installed package, not the checkout's folders
+"$PY" -m hotexperts --version
+
+THR=(--device "${DEVICE:-cuda}")
+if [ -n "${THREADS:-}" ]; then THR+=(--threads "$THREADS"); fi
+
+echo "== calibrate"
+time "$PY" -m hotexperts calibrate --model "$MODEL" --layers "$LAYERS" "${THR[@]}" --out "$OUTDIR/hw.json"
+
+echo "== validate"
+time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR" \
+  --layers "$LAYERS" --tokens "$TOKENS" "${THR[@]}"
+echo "== done: $OUTDIR"
+ls -l "$OUTDIR"

@@ -1,0 +1,295 @@
+"""``hotexperts calibrate``: microbenchmarks of the live engine's parts -> a hardware profile for the simulator.
+
+Microbenchmarks only, never a fit to end-to-end runs: each field of
+:class:`~hotexperts.sim.hardware.HardwareProfile` comes from timing one part of
+:class:`~hotexperts.runtime.engine.MoEEngine` in isolation (straight lines fitted to one part's
+time vs its size are the only fits):
+
+- host->device copies from pinned and pageable memory by transfer size -> ``pcie_pinned_bw`` and
+  ``pcie_pageable_bw`` (at the size of one expert, the unit of an upload), ``upload_layer_fixed_us``
+  (a one-expert copy plus stream synchronize, minus its bytes at the pinned rate);
+- the CPU expert op (:meth:`MoEEngine._cold`) with 1..top_k experts at several thread counts ->
+  ``cpu_expert_bw`` (slope at the engine's thread count) and its per-layer fixed cost (intercept);
+- the GPU grouped call (:meth:`MoEEngine._grouped` with its index upload) with 1..top_k experts ->
+  ``gpu_mem_bw`` (slope) and ``gpu_expert_fixed_us`` (intercept);
+- the hand-off (layer input to pinned host memory, an empty CPU task, the partial sum back) ->
+  ``handoff_us`` = that round trip + the CPU op's fixed cost;
+- the dense part of one layer (dense mat-vec, norm, shared expert) and the per-token fixed work ->
+  ``dense_fixed_ms`` = per-token work + layers x dense-layer time - the dense bytes at ``gpu_mem_bw``
+  (the cost model adds that streaming term back);
+- host DRAM read rate (a sum over 2 GiB) -> ``dram_bw``; the CPU expert op while pinned uploads stream ->
+  ``upload_contention``.
+
+The profile describes this engine with ``--layers`` layers on this machine (``dense_fixed_ms`` scales
+with the layer count); ``hotexperts validate`` must be given the same layer count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hotexperts.runtime.engine import EngineShape, MoEEngine
+
+from hotexperts._atomic import write_text_atomic
+from hotexperts.modelspec import ModelSpec
+
+__all__ = ["calibrate", "Calibration"]
+
+Calibration = dict[str, Any]
+
+
+def _median(fn: Callable[[], Any], reps: int, *, sync: Callable[[], None] | None = None) -> float:
+    ts = []
+    for _ in range(reps):
+        if sync is not None:
+            sync()
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        ts.append(time.perf_counter() - t0)
+    return float(statistics.median(ts))
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope."""
+    slope, icpt = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
+    # NOTE: a non-positive slope means the part is all fixed cost at these sizes; keep the rate finite
+    return float(icpt), max(float(slope), 1e-9)
+
+
+def calibrate(
+    *,
+    model: ModelSpec,
+    n_layers: int = 12,
+    device: str = "cuda",
+    cpu_threads: int | None = None,
+    reps: int = 20,
+    log: Callable[[str], None] | None = None,
+) -> Calibration:
+    """Run the microbenchmarks; return ``{"profile": HardwareProfile fields, "measurements": raw tables}``."""
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    cuda = device == "cuda"
+    threads = int(cpu_threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    shape = EngineShape.from_spec(model, n_layers=n_layers)
+    # NOTE: two layers are enough for the parts; the CPU op's experts are drawn at random from all
+    # 2 x n_expert blocks (GBs), so the host's last-level cache cannot hold them
+    eng_shape = EngineShape(**{**shape.to_dict(), "n_layers": 2})
+    say(f"calibrate: building a 2-layer {model.name} engine ({eng_shape.n_expert} int8 experts per layer)")
+    eng = MoEEngine(eng_shape, device=device, cpu_threads=threads, distinct_experts=32)
+    sync = torch.cuda.synchronize if cuda else None
+    meas: dict[str, Any] = {"threads": threads, "engine_shape": shape.to_dict()}
+    k, E, b = shape.top_k, shape.n_expert, shape.expert_bytes
+    rng = np.random.default_rng(0)
+    try:
+        # ---- 1. host -> device copies
+        say("calibrate: [1/7] host->device bandwidth by size (pinned, pageable)")
+        h2d: dict[str, dict[str, float]] = {"pinned": {}, "pageable": {}}
+        sizes = [1 << 20, 4 << 20, b, 16 << 20, 64 << 20, 256 << 20]
+        if cuda:
+            for n in sizes:
+                dst = torch.empty(n, dtype=torch.uint8, device=device)
+                for kind in ("pinned", "pageable"):
+                    src = torch.randint(0, 255, (n,), dtype=torch.uint8)
+                    if kind == "pinned":
+                        src = src.pin_memory()
+                    t = _median(lambda s=src, d=dst, p=kind == "pinned": d.copy_(s, non_blocking=p), reps, sync=sync)
+                    h2d[kind][str(n)] = n / t / 1e9
+                del dst
+            eng.set_slots(np.array([1, 1]))
+            t1 = _median(lambda: eng.apply_uploads(np.array([[0, 0, 0, int(rng.integers(E))]]), blocking=True),
+                         reps, sync=sync)
+            meas["upload_one_expert_blocking_us"] = t1 * 1e6
+        meas["h2d_gbs"] = h2d
+        pinned_bw = h2d["pinned"].get(str(b), 50.0)
+        pageable_bw = h2d["pageable"].get(str(b), 10.0)
+
+        # ---- 2. CPU experts vs count and threads
+        say("calibrate: [2/7] CPU expert op vs experts and threads")
+        cpu: dict[str, dict[str, float]] = {}
+        a = torch.randn(1, shape.hidden).to(eng.dtype)
+        for layer in (0, 1):
+            eng._x_host[layer].copy_(a)
+        for th in sorted({1, 4, 8, threads} & set(range(1, threads + 1))):
+            eng._worker.submit(torch.set_num_threads, th).result()
+            row = {}
+            for n in range(1, k + 1):
+                def one(n: int = n) -> None:
+                    layer = int(rng.integers(2))
+                    ids = [int(x) for x in rng.choice(E, n, replace=False)]
+                    eng._worker.submit(eng._cold, layer, None, ids, [1.0 / n] * n).result()
+
+                one()
+                row[str(n)] = _median(one, max(5, reps // (2 if th < 4 else 1)))
+            cpu[str(th)] = row
+            i0, sl = _line(list(range(1, k + 1)), list(row.values()))
+            say(f"  {th:3d} threads: {k} experts {row[str(k)] * 1e3:.2f} ms, {b / sl / 1e9:.1f} GB/s, fixed {i0 * 1e6:.0f} us")
+        eng._worker.submit(torch.set_num_threads, threads).result()
+        meas["cpu_experts_s"] = cpu
+        cpu_fixed, cpu_slope = _line(list(range(1, k + 1)), list(cpu[str(threads)].values()))
+        cpu_bw = b / cpu_slope / 1e9
+
+        # ---- 3. GPU grouped call vs count
+        say("calibrate: [3/7] GPU grouped experts vs experts")
+        eng.set_slots(np.array([k, k]), np.array([list(range(k)), list(range(k, 2 * k))]))
+        x_dev = torch.randn(1, shape.hidden).to(device, eng.dtype)
+        gpu_t: dict[str, float] = {}
+        for n in range(1, k + 1):
+            def grouped(n: int = n) -> None:
+                layer = int(rng.integers(2))
+                sl = [int(s) for s in rng.choice(k, n, replace=False)]
+                ids = [int(eng.table[layer, s]) for s in sl]
+                eng._grouped(layer, x_dev, *eng._index(list(range(n)), sl, ids, [1.0 / n] * n))
+
+            grouped()
+            gpu_t[str(n)] = _median(grouped, reps, sync=sync)
+        meas["gpu_grouped_s"] = gpu_t
+        gpu_fixed, gpu_slope = _line(list(range(1, k + 1)), list(gpu_t.values()))
+        gpu_bw = b / gpu_slope / 1e9 if gpu_slope > 0 else 1000.0
+        say(f"  {k} experts {gpu_t[str(k)] * 1e6:.0f} us; slope {gpu_bw:.0f} GB/s, fixed {gpu_fixed * 1e6:.0f} us")
+
+        # ---- 4. hand-off
+        say("calibrate: [4/7] hand-off round trip")
+
+        def handoff() -> None:
+            xh, yh = eng._x_host[0], eng._y_host[0]
+            xh.copy_(x_dev, non_blocking=cuda)
+            ev = None
+            if cuda:
+                ev = torch.cuda.Event()
+                ev.record()
+
+            def task() -> torch.Tensor:
+                if ev is not None:
+                    ev.synchronize()
+                yh.copy_(xh)
+                return yh
+
+            y = eng._worker.submit(task).result()
+            (x_dev + y.to(device, non_blocking=cuda)).sum()
+
+        handoff()
+        t_hand = _median(handoff, reps * 5, sync=sync)
+        meas["handoff_roundtrip_us"] = t_hand * 1e6
+        handoff_us = t_hand * 1e6 + max(cpu_fixed, 0.0) * 1e6
+
+        # ---- 5. dense part per layer, per-token fixed work
+        say("calibrate: [5/7] dense part")
+
+        def dense_layer() -> None:
+            a2 = eng._dense(0, x_dev)
+            y = eng._shared(0, a2)
+            _ = a2 + y if y is not None else a2
+
+        dense_layer()
+        t_dense = _median(dense_layer, reps * 2, sync=sync)
+        # the whole layer call (bookkeeping, launches, dense, shared) with every expert hot, minus the
+        # grouped call timed above: the per-layer work that is neither experts nor hand-off
+        ids = list(range(k))
+        eng.forward_layer(0, x_dev, ids, [1.0 / k] * k)
+        t_allhot = _median(lambda: eng.forward_layer(0, x_dev, ids, [1.0 / k] * k), reps * 2, sync=sync)
+        meas["layer_all_hot_us"] = t_allhot * 1e6
+        t_dense = max(t_dense, t_allhot - gpu_t[str(k)])
+        t_token = _median(lambda: eng.token_input(int(rng.integers(64))), reps * 2, sync=sync)
+        meas["dense_layer_us"] = t_dense * 1e6
+        meas["token_fixed_us"] = t_token * 1e6
+        dense_bytes_total = eng.dense_bytes_per_layer * n_layers
+        dense_fixed_ms = max(0.0, (t_token + n_layers * t_dense) * 1e3 - dense_bytes_total / (gpu_bw * 1e9) * 1e3)
+
+        # ---- 6. DRAM
+        say("calibrate: [6/7] host DRAM read rate")
+        big = torch.ones(1 << 29)  # 2 GiB fp32
+        big.sum()
+        dram_bw = big.numel() * 4 / _median(lambda: big.sum(), 5) / 1e9
+        meas["dram_read_gbs"] = dram_bw
+
+        # ---- 7. CPU experts while uploads stream
+        say("calibrate: [7/7] CPU experts during pinned uploads (DRAM contention)")
+        contention = None
+        if cuda:
+            src = torch.empty(512 << 20, dtype=torch.uint8).pin_memory()
+            dst = torch.empty_like(src, device=device)
+            stream = torch.cuda.Stream()
+            ids = [int(x) for x in rng.choice(E, k, replace=False)]
+
+            def cold_k() -> None:
+                eng._worker.submit(eng._cold, 0, None, ids, [1.0 / k] * k).result()
+
+            alone = _median(cold_k, reps)
+            ts = []
+            for _ in range(reps):
+                with torch.cuda.stream(stream):
+                    for _ in range(4):
+                        dst.copy_(src, non_blocking=True)
+                t0 = time.perf_counter()
+                cold_k()
+                ts.append(time.perf_counter() - t0)
+                stream.synchronize()
+            busy = float(statistics.median(ts))
+            meas["cpu_experts_alone_s"], meas["cpu_experts_during_upload_s"] = alone, busy
+            # NOTE: capped below 1: the cost model divides by (1 - contention)
+            contention = max(0.0, min(0.9, 1.0 - alone / busy))
+            del src, dst
+    finally:
+        eng.close()
+
+    upload_fixed_us = None
+    if "upload_one_expert_blocking_us" in meas:
+        upload_fixed_us = max(0.0, meas["upload_one_expert_blocking_us"] - b / (pinned_bw * 1e9) * 1e6)
+    name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
+    vram = torch.cuda.get_device_properties(0).total_memory if cuda else 0
+    profile = {
+        "name": f"{name} (hotexperts engine, {n_layers} layers, {threads} threads)",
+        "vram_bytes": int(vram),
+        "gpu_mem_bw": round(gpu_bw, 3),
+        "pcie_pinned_bw": round(pinned_bw, 3),
+        "cpu_expert_bw": round(cpu_bw, 3),
+        "pcie_pageable_bw": round(pageable_bw, 3),
+        "dram_bw": round(dram_bw, 3),
+        "cpu_threads": threads,
+        "handoff_us": round(handoff_us, 3),
+        "dense_fixed_ms": round(dense_fixed_ms, 5),
+        "gpu_expert_fixed_us": round(max(gpu_fixed, 0.0) * 1e6, 3),
+        "upload_layer_fixed_us": round(upload_fixed_us if upload_fixed_us is not None else 20.0, 3),
+        # NOTE: no GPU, no uploads to contend with: 0 rather than the derived default
+        "upload_contention": 0.0 if contention is None else round(contention, 4),
+        "source": (
+            f"hotexperts calibrate {datetime.now(timezone.utc).isoformat(timespec='seconds')} on "
+            f"{platform.node()}: microbenchmarks of the runtime engine's parts (int8 experts of "
+            f"{model.name} shape, {threads} CPU threads, torch {torch.__version__})"
+        ),
+        "notes": (
+            f"engine-specific: dense_fixed_ms is for {n_layers} engine layers; the CPU op streams int8 "
+            f"experts ({b} B) with torch._weight_int8pack_mm; the GPU call gathers int8 slots. "
+            f"CPU op fixed cost per layer {cpu_fixed * 1e6:.1f} us is inside handoff_us."
+        ),
+    }
+    return {"profile": profile, "measurements": meas}
+
+
+def write_profile(cal: Calibration, out: str | os.PathLike[str]) -> Path:
+    """Write the profile JSON (the simulator's input) and the raw tables beside it (``*.raw.json``)."""
+    out = Path(out)
+    prof = dict(cal["profile"])
+    try:  # validate against the simulator's schema when it is importable
+        from hotexperts.sim.hardware import HardwareProfile
+
+        prof = HardwareProfile.from_dict(prof).to_dict()
+    except ImportError:  # pragma: no cover - sim/ ships with the package
+        pass
+    write_text_atomic(out, json.dumps(prof, indent=2) + "\n")
+    raw = out.with_name(out.stem + ".raw.json")
+    write_text_atomic(raw, json.dumps(cal["measurements"], indent=1) + "\n")
+    return raw

@@ -1,0 +1,117 @@
+"""``hotexperts calibrate`` and ``hotexperts validate``: argument parsing only (work in calibrate.py, validate.py).
+
+torch is imported only when one of these commands runs, so ``hotexperts --help`` works without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["register"]
+
+DEFAULT_MODEL = "qwen3.5-122b-a10b-q4_k_l"
+
+
+def register(sub: Any) -> None:
+    c = sub.add_parser(
+        "calibrate",
+        help="microbenchmark this GPU host with the live engine and write a hardware profile (needs torch)",
+        description=(
+            "Time the runtime engine's parts in isolation (host->device copies by size, CPU expert op vs "
+            "experts and threads, GPU grouped call vs experts, hand-off, dense part, DRAM) and write a "
+            "hardware profile JSON the simulator reads (plus OUT.raw.json with the raw tables)."
+        ),
+    )
+    c.add_argument("--out", required=True, metavar="HW.json", help="hardware profile to write")
+    c.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help=f"model preset or GGUF (default {DEFAULT_MODEL})")
+    c.add_argument("--layers", type=int, default=12, metavar="L", help="engine layers the profile is for (default 12)")
+    c.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    c.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="GPU side device (default cuda)")
+    c.add_argument("--reps", type=int, default=20, metavar="N", help="repetitions per timing (median; default 20)")
+    c.set_defaults(func=_calibrate)
+
+    v = sub.add_parser(
+        "validate",
+        help="run caching configurations live on the GPU and compare with the simulator's predictions",
+        description=(
+            "Replay TRACE with each configuration twice through the same policy code: live in the runtime "
+            "engine (real weights, real transfers, timed) and in the simulator with HW.json; write "
+            "validation.json and a predicted-vs-measured plot into DIR."
+        ),
+    )
+    v.add_argument("trace", metavar="TRACE", help="routing trace (.hxt or an importable format)")
+    v.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help=f"model preset or GGUF (default {DEFAULT_MODEL})")
+    v.add_argument("--hardware", required=True, metavar="HW.json", help="hardware profile (from hotexperts calibrate)")
+    v.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    v.add_argument("--configs", metavar="FILE", help="JSON list of {name, policy, params, slots, mode} (default: 14 built in)")
+    v.add_argument("--layers", type=int, default=12, metavar="L", help="engine MoE layers (default 12)")
+    v.add_argument("--tokens", type=int, default=200, metavar="N", help="measured decode tokens per config (default 200)")
+    v.add_argument("--warmup", type=int, default=16, metavar="N", help="decode tokens run before measuring (default 16)")
+    v.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    v.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="GPU side device (default cuda)")
+    v.set_defaults(func=_validate)
+
+
+def _need_torch() -> None:
+    from hotexperts.errors import HotExpertsError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise HotExpertsError("the runtime needs torch: pip install 'hotexperts[runtime]'") from None
+
+
+def _check_positive(**kw: int | None) -> None:
+    from hotexperts.errors import InputError
+
+    for k, v in kw.items():
+        if v is not None and v <= 0:
+            raise InputError(None, f"--{k} must be positive, got {v}")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    _check_positive(layers=args.layers, threads=args.threads, reps=args.reps)
+    _need_torch()
+    from hotexperts.runtime.calibrate import calibrate, write_profile
+
+    from hotexperts.modelspec import load_model_spec
+
+    spec = load_model_spec(args.model)
+    cal = calibrate(model=spec, n_layers=args.layers, device=args.device, cpu_threads=args.threads, reps=args.reps)
+    raw = write_profile(cal, args.out)
+    p = cal["profile"]
+    print(
+        f"wrote {args.out} (raw tables {raw}): pcie {p['pcie_pinned_bw']:.1f} GB/s pinned, CPU experts "
+        f"{p['cpu_expert_bw']:.1f} GB/s, GPU experts {p['gpu_mem_bw']:.0f} GB/s, hand-off {p['handoff_us']:.0f} us, "
+        f"dense {p['dense_fixed_ms']:.2f} ms/token"
+    )
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    _check_positive(layers=args.layers, threads=args.threads, tokens=args.tokens)
+    if args.warmup < 0:
+        from hotexperts.errors import InputError
+
+        raise InputError(None, "--warmup must be >= 0")
+    _need_torch()
+    from hotexperts.runtime.validate import load_any_trace, load_configs, validate
+    from hotexperts.sim.hardware import load_hardware
+
+    from hotexperts.modelspec import load_model_spec
+
+    spec = load_model_spec(args.model)
+    hw = load_hardware(args.hardware)
+    trace = load_any_trace(args.trace, n_expert=spec.n_expert)
+    cfgs = load_configs(args.configs) if args.configs else None
+    res = validate(trace=trace, model=spec, hardware=hw, out=args.out, configs=cfgs, n_layers=args.layers,
+                   tokens=args.tokens, warmup=args.warmup, device=args.device, cpu_threads=args.threads)
+    print(f"{'config':30s} {'measured':>9s} {'predicted':>9s} {'error':>7s} {'hit':>6s}", file=sys.stdout)
+    for r in res["configs"]:
+        print(f"{r['name']:30s} {r['measured_tok_s']:9.2f} {r['predicted_tok_s']:9.2f} {r['error_pct']:+6.1f}% "
+              f"{r['measured_hit_rate']:6.3f}")
+    print(f"median |error| {res['median_abs_error_pct']:.1f} %, max {res['max_abs_error_pct']:.1f} %; "
+          f"simulated best {res['simulated_best']}, measured best {res['measured_best']}")
+    return 0
