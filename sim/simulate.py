@@ -189,6 +189,18 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def _check_slots(slots: Any, model: ModelSpec) -> Any:
+    """Slots as one int or a per-model-layer list, each in ``[0, n_expert]``; InputError otherwise."""
+    v = np.atleast_1d(np.asarray(slots))
+    if v.ndim != 1 or v.size not in (1, model.n_moe_layers) or not np.issubdtype(v.dtype, np.integer):
+        raise InputError(
+            None, f"slots must be one integer or one per MoE layer of {model.name} ({model.n_moe_layers}), got {v.size}"
+        )
+    if int(v.min()) < 0 or int(v.max()) > model.n_expert:
+        raise InputError(None, f"slots per layer must be in [0, {model.n_expert}], got {int(v.min())}..{int(v.max())}")
+    return int(v[0]) if np.ndim(slots) == 0 else [int(x) for x in v]
+
+
 def _warm_up(trace: Trace, policy: Any, slots: Any) -> None:
     """Compile (or load from cache) the policy's kernels on the first steps of the trace."""
     from hotexperts.sim.replay import replay
@@ -241,6 +253,7 @@ def simulate(
     if mode not in MODES:
         raise InputError(None, f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     mtrace, lm = map_trace_to_model(trace, model, remap=remap, path=trace_path)
+    slots = _check_slots(slots, model)
     if warm_up:
         _warm_up(mtrace, policy_config, slots)
     t0 = time.perf_counter()

@@ -103,6 +103,20 @@ def test_sim_option_errors(capsys, trace48):
     assert rc == 1 and err.startswith("hotexperts: error:")
     rc, out, err = run(capsys, *base, "--policy", "fork", "--hot-k", 64, "--vram-gb", 6, "--json")
     assert rc == 0 and json.loads(out)["fits"] is False
+    for bad in ("300", "3,4"):
+        rc, out, err = run(capsys, *base, "--policy", "lru", "--hot-k", bad)
+        assert rc == 1 and len(err.strip().splitlines()) == 1 and "slots" in err and out == ""
+
+
+def test_sim_fetch_on_miss_mode(capsys, trace48):
+    base = ["sim", trace48, "--model", QWEN, "--hardware", "h200-host", "--policy", "lru", "--hot-k", 16, "--json"]
+    rc, out, err = run(capsys, *base, "--mode", "fetch-on-miss")
+    assert rc == 0, err
+    j = json.loads(out)
+    assert j["mode"] == "fetch-on-miss" and j["fetch_bytes"] > 0
+    rc, out, err = run(capsys, *base)
+    j2 = json.loads(out)
+    assert j2["mode"] == "cold-cpu" and j2["fetch_bytes"] == 0 and j2["hit_rate"] == j["hit_rate"]
 
 
 def test_hardware_commands(capsys):
