@@ -342,3 +342,26 @@ def test_hardware_json_errors(tmp_path):
     minimal = {k: good[k] for k in ("name", "vram_bytes", "gpu_mem_bw", "pcie_pinned_bw", "cpu_expert_bw")}
     p.write_text(json.dumps(minimal))
     assert load_hardware(str(p)).op_offload_min_batch == 32
+
+
+def test_hot_cache_prediction_on_real_trace(kimi_coding_csv):
+    """Out of sample: the fork (K=44, interval 60, bypass 64) on the real 256-expert top-8 Kimi trace,
+    remapped onto Qwen3.5's 48 layers, lands within 10 % of the measured 22.67 tok/s (docs/cost-model.md)."""
+    import warnings
+
+    from hotexperts.policies import make_policy
+    from hotexperts.sim.simulate import simulate
+    from hotexperts.tracer.importers import import_trace
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tr = import_trace(kimi_coding_csv, n_expert=256)
+    m, hw = load_model_spec(QWEN), load_hardware("rtx4090-7950x")
+    r = simulate(tr, m, hw, make_policy("fork", interval=60, pp_bypass=64), 44, remap=True, context=131072,
+                 ubatch=3072)
+    assert r.label == "fork-K44-I60-B64"
+    assert 0.3 < r.hit_rate < 0.7
+    assert r.decode_tok_s == pytest.approx(22.67, rel=0.10)
+    assert r.vram_bytes / GiB == pytest.approx(22.2, rel=0.02) and r.fits
+    # prompt ubatch of 233 tokens > bypass 64: plain path, every expert copied once
+    assert r.prefill_copy_bytes >= m.total_expert_bytes
