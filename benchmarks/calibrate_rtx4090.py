@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hotexperts.sim.cost import GiB, StepCounts, evaluate, prefill_throughput, vram_breakdown
-from hotexperts.sim.hardware import HardwareProfile
 
 from hotexperts._atomic import write_text_atomic
 from hotexperts.modelspec import ModelSpec, load_model_spec
+from hotexperts.sim.cost import GiB, StepCounts, evaluate, prefill_throughput, vram_breakdown
+from hotexperts.sim.hardware import HardwareProfile
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "kimi-linear-48b" / "phase-03-coding-lru.csv"

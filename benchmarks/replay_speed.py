@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for tests.reference_policies
 
 import numba  # noqa: E402
+
+from hotexperts._atomic import write_text_atomic  # noqa: E402
 from hotexperts.policies import Belady, Decay, Fork, Lru, Window, prepare  # noqa: E402
 from hotexperts.sim.replay import replay, warmup  # noqa: E402
 from hotexperts.tracer.trace import Trace  # noqa: E402
-
-from hotexperts._atomic import write_text_atomic  # noqa: E402
 from tests.reference_policies import reference_replay  # noqa: E402
 
 

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from hotexperts.tracer.trace import PHASE_DECODE, Trace
 from numba import njit
+
+from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
 __all__ = [
     "COLD",

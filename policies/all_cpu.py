@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from hotexperts.policies._engine import Policy, Prepared, static_kernel
 
 __all__ = ["AllCpu"]

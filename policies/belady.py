@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
+
 from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 from hotexperts.tracer.trace import PHASE_DECODE
-from numba import njit
 
 __all__ = ["Belady"]
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
+
 from hotexperts.policies._engine import Policy, put, step_stats
 from hotexperts.policies.window import cap_experts
-from numba import njit
 
 __all__ = ["Decay"]
 

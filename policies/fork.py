@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 from numba import njit
+
+from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 
 __all__ = ["Fork", "fork_bonus"]
 

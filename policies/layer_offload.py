@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+
 from hotexperts.policies._engine import Policy, Prepared, static_kernel
 
 __all__ = ["LayerOffload"]

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 from numba import njit
+
+from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 
 __all__ = ["Lru"]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+
 from hotexperts.policies._engine import Policy, Prepared, static_kernel
 from hotexperts.tracer.trace import PHASE_DECODE
 

@@ -118,9 +118,8 @@ def register(sub: Any) -> None:
 
 # ------------------------------------------------------------------------------------------ helpers
 def _load_trace(path: str, model: Any) -> Any:
-    from hotexperts.tracer.trace import Trace
-
     from hotexperts.errors import InputError
+    from hotexperts.tracer.trace import Trace
 
     p = Path(path)
     if not p.exists():
@@ -142,9 +141,8 @@ def _load_trace(path: str, model: Any) -> Any:
 
 
 def _policy(args: argparse.Namespace, model: Any) -> Any:
-    from hotexperts.policies import make_policy, policy_class
-
     from hotexperts.errors import InputError
+    from hotexperts.policies import make_policy, policy_class
 
     cls = policy_class(args.policy)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -220,11 +218,10 @@ def _fmt(v: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ commands
 def _run_sim(args: argparse.Namespace) -> int:
-    from hotexperts.sim.hardware import load_hardware
-    from hotexperts.sim.simulate import simulate
-
     from hotexperts.errors import InputError
     from hotexperts.modelspec import KV_TYPE_BYTES, load_model_spec
+    from hotexperts.sim.hardware import load_hardware
+    from hotexperts.sim.simulate import simulate
 
     model = load_model_spec(args.model)
     hw = load_hardware(args.hardware)

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from hotexperts.sim.hardware import HardwareProfile
 
 from hotexperts.errors import InputError
 from hotexperts.modelspec import ModelSpec
+from hotexperts.sim.hardware import HardwareProfile
 
 __all__ = [
     "MODES",

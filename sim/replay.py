@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from hotexperts.policies import REGISTRY, Policy, Prepared, make_policy, prepare
 from hotexperts.policies._engine import COLD, HIT, HOT, SEL, UP, UPM, fill_slot_of
 from hotexperts.tracer.trace import PHASE_DECODE, Trace

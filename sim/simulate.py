@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from hotexperts.errors import InputError
+from hotexperts.modelspec import ModelSpec
 from hotexperts.sim.cost import (
     MODES,
     CostBreakdown,
@@ -31,9 +34,6 @@ from hotexperts.sim.cost import (
 )
 from hotexperts.sim.hardware import HardwareProfile
 from hotexperts.tracer.trace import Trace
-
-from hotexperts.errors import InputError
-from hotexperts.modelspec import ModelSpec
 
 __all__ = ["SimResult", "simulate", "layer_map", "map_trace_to_model", "check_trace_model"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from hotexperts.policies import AllCpu, Belady, Decay, Fork, LayerOffload, Lru, Policy, Static, Window
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 

@@ -13,12 +13,12 @@ import sys
 
 import numpy as np
 import pytest
-from hotexperts.tracer.capture import capture, gguf_moe_header, read_prompt_file, run_capture
-from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 from hotexperts.cli import main
 from hotexperts.errors import InputError
 from hotexperts.ggufmake import write_test_moe_gguf
+from hotexperts.tracer.capture import capture, gguf_moe_header, read_prompt_file, run_capture
+from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is a dependency of hotexperts; capture needs it")
 

@@ -7,6 +7,9 @@ import json
 
 import numpy as np
 import pytest
+
+from hotexperts.errors import InputError
+from hotexperts.modelspec import ModelSpec, load_model_spec
 from hotexperts.sim.cost import (
     GiB,
     StepCounts,
@@ -15,9 +18,6 @@ from hotexperts.sim.cost import (
     vram_breakdown,
 )
 from hotexperts.sim.hardware import HardwareProfile, hardware_presets, load_hardware
-
-from hotexperts.errors import InputError
-from hotexperts.modelspec import ModelSpec, load_model_spec
 
 QWEN = "qwen3.5-122b-a10b-q4_k_l"
 

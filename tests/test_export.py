@@ -7,13 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
+
+from hotexperts.cli import main
+from hotexperts.errors import InputError
 from hotexperts.tracer.export import export_trace
 from hotexperts.tracer.importers import import_trace
 from hotexperts.tracer.profile import Profile, load_moeprof, profile_from_trace, write_moeprof
 from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
-
-from hotexperts.cli import main
-from hotexperts.errors import InputError
 
 
 def random_trace(seed: int, *, n_expert=16, k=3, layers=(0, 2, 5), weights=True, gaps=True) -> Trace:

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+
 from hotexperts.policies import (
     REGISTRY,
     AllCpu,
@@ -24,7 +25,6 @@ from hotexperts.policies import (
 )
 from hotexperts.sim.replay import replay
 from hotexperts.tracer.trace import Trace
-
 from tests.reference_policies import reference_replay
 
 # ------------------------------------------------------------------------------------------ traces

@@ -9,17 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hotexperts.cli import main
+from hotexperts.errors import InputError
 from hotexperts.tracer.importers import import_trace
 from hotexperts.tracer.profile import load_moeprof
 from hotexperts.tracer.readers import TraceImportWarning, detect_format
 from hotexperts.tracer.readers.forklog import read_fork_log
 from hotexperts.tracer.readers.moet import read_moet
 from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from hotexperts.cli import main
-from hotexperts.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -1,0 +1,68 @@
+"""``tune()``: the whole job behind ``hotexperts tune``: trace, study, outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hotexperts._atomic import write_text_atomic
+from hotexperts.errors import InputError
+from hotexperts.modelspec import load_model_spec
+from hotexperts.studies.report import finalize
+from hotexperts.studies.tune import FAMILIES, MODES, TuneConfig, default_trace, file_sha256, run_study
+from hotexperts.tracer.trace import Trace
+
+__all__ = ["tune"]
+
+
+def tune(
+    *,
+    model: str,
+    hardware: str,
+    vram_gb: float,
+    context: int,
+    out: Path,
+    trace: str | None = None,
+    kv_type: str = "q8_0",
+    trials: int = 200,
+    jobs: int = 1,
+    storage: str | None = None,
+    study: str | None = None,
+    seed: int = 0,
+    policies: tuple[str, ...] = FAMILIES,
+    modes: tuple[str, ...] = MODES,
+    prefill_weight: float = 0.0,
+    multi_objective: bool = False,
+    remap: bool = False,
+    ubatch: int = 512,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run (or continue) a tuning study and write every output into ``out``; returns ``best.json``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out must be a folder")
+    spec = load_model_spec(model)
+    if trace is None:
+        tr = default_trace(spec, seed=seed)
+        sha = ""
+    else:
+        tr = Trace.load(trace)
+        sha = file_sha256(trace)
+    cfg = TuneConfig(
+        model=model, hardware=hardware, vram_gb=vram_gb, context=context, kv_type=kv_type, trials=trials, seed=seed,
+        policies=tuple(policies), modes=tuple(modes), prefill_weight=prefill_weight, multi_objective=multi_objective,
+        remap=remap, ubatch=ubatch, trace=None if trace is None else str(trace), trace_sha=sha,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    trace_copy = out / "trace.hxt"
+    # NOTE: the study folder keeps the exact trace it was tuned on, so `hotexperts report` and extra
+    # workers (--jobs) replay the same routing.
+    if not trace_copy.exists() or (trace is not None and file_sha256(trace_copy) != sha):
+        tr.save(trace_copy)
+    st, ev, url, name = run_study(cfg, tr, out, study_name=study, storage=storage, jobs=jobs, progress=progress)
+    write_text_atomic(out / "tune.json", json.dumps({"config": cfg.to_json(), "storage": url, "study_name": name},
+                                                     indent=2) + "\n")
+    return finalize(st, ev, cfg, out, storage=url, study_name=name, seconds=time.perf_counter() - t0)

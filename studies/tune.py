@@ -1,0 +1,640 @@
+"""Tuning studies: the best caching policy and settings for a VRAM budget, found with optuna.
+
+The study searches the policy family (``fork``, ``lru``, ``window``, ``decay``, ``static``,
+``layer-offload``), the execution mode (cold experts on the CPU, or fetch-on-miss), the slots per
+layer and each family's parameters. Slots are either one uniform K, or a per-layer allocation made
+greedily by marginal hit-rate gain from per-layer hit curves, under a fraction of the VRAM left after
+the fixed parts (non-expert weights, KV cache for the context, compute buffer).
+
+A trial whose configuration does not fit the VRAM budget is pruned (state PRUNED), not scored.
+The objective is the predicted decode tok/s, or with ``prefill_weight = w`` the throughput of a
+workload whose tokens are a share ``w`` of prompt tokens: ``1 / ((1 - w) / decode + w / prefill)``.
+Multi-objective mode maximises that and minimises VRAM (a Pareto front).
+
+Storage: SQLite under the output folder by default (rerunning continues the same study), or any
+optuna RDB URL (``postgresql://...``) shared by many workers on many hosts; the total number of
+finished trials is capped at ``trials`` across all workers (:class:`optuna.study.MaxTrialsCallback`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hotexperts._atomic import write_text_atomic
+from hotexperts.errors import HotExpertsError, InputError
+from hotexperts.modelspec import ModelSpec, load_model_spec
+from hotexperts.tracer.trace import PHASE_DECODE, Trace
+
+__all__ = [
+    "FAMILIES",
+    "TuneConfig",
+    "Evaluator",
+    "Candidate",
+    "default_trace",
+    "greedy_allocation",
+    "open_study",
+    "run_study",
+]
+
+FAMILIES: tuple[str, ...] = ("fork", "lru", "window", "decay", "static", "layer-offload")
+MODES: tuple[str, ...] = ("cold-cpu", "fetch-on-miss")
+GiB = float(1 << 30)
+#: the fork's published configuration (hot-cache-mechanism.md headline run)
+FORK_DEFAULT = {"hot_k": 44, "interval": 60, "pp_bypass": 64}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Everything that defines a study (its hash names the study)."""
+
+    model: str = field(metadata={"help": "model preset name or GGUF path"})
+    hardware: str = field(metadata={"help": "hardware preset name or profile JSON"})
+    vram_gb: float = field(metadata={"help": "GPU memory budget in GiB"})
+    context: int = field(metadata={"help": "KV cache size in tokens"})
+    kv_type: str = field(default="q8_0", metadata={"help": "KV cache type"})
+    trials: int = field(default=200, metadata={"help": "finished trials (complete + pruned) to reach"})
+    seed: int = field(default=0, metadata={"help": "sampler seed"})
+    policies: tuple[str, ...] = field(default=FAMILIES, metadata={"help": "policy families searched"})
+    modes: tuple[str, ...] = field(default=MODES, metadata={"help": "execution modes searched"})
+    prefill_weight: float = field(default=0.0, metadata={"help": "share of prompt tokens in the objective"})
+    multi_objective: bool = field(default=False, metadata={"help": "tok/s vs VRAM Pareto front"})
+    remap: bool = field(default=False, metadata={"help": "map trace layers onto the model's"})
+    ubatch: int = field(default=512, metadata={"help": "ubatch size the compute buffer is sized for"})
+    trace: str | None = field(default=None, metadata={"help": "trace path; None = synthetic default"})
+    trace_sha: str = field(default="", metadata={"help": "sha256 of the trace file used"})
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.policies if p not in FAMILIES]
+        if bad:
+            raise InputError(None, f"unknown policy families {bad}; known: {', '.join(FAMILIES)}")
+        badm = [m for m in self.modes if m not in MODES]
+        if badm:
+            raise InputError(None, f"unknown modes {badm}; known: {', '.join(MODES)}")
+        if not self.policies:
+            raise InputError(None, "no policy family to search")
+        if self.trials <= 0:
+            raise InputError(None, f"--trials must be positive, got {self.trials}")
+        if not 0.0 <= self.prefill_weight <= 1.0:
+            raise InputError(None, f"--prefill-weight must be in [0, 1], got {self.prefill_weight}")
+        if self.vram_gb <= 0:
+            raise InputError(None, f"--vram-gb must be positive, got {self.vram_gb}")
+        if self.context < 0:
+            raise InputError(None, f"--context must be >= 0, got {self.context}")
+
+    def key(self) -> str:
+        """Hash of what defines the search (not the trial count): the default study name."""
+        d = asdict(self)
+        d.pop("trials")
+        d.pop("trace")  # the content hash identifies the trace
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policies"] = list(self.policies)
+        d["modes"] = list(self.modes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TuneConfig:
+        d = dict(d)
+        d["policies"] = tuple(d.get("policies", FAMILIES))
+        d["modes"] = tuple(d.get("modes", MODES))
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------- trace
+def default_trace(model: ModelSpec, *, seed: int = 0, n_requests: int = 4, prompt_tokens: int = 1024,
+                  decode_tokens: int = 512, ubatch: int = 512) -> Trace:
+    """The embedded default: a synthetic trace for the model's shape (``hotexperts.tracer.synth``)."""
+    from hotexperts.tracer.synth import params_for_model, sample_synth
+
+    params = params_for_model(model)
+    return sample_synth(
+        params,
+        n_tokens=n_requests * (prompt_tokens + decode_tokens),
+        n_requests=n_requests,
+        prompt_tokens=prompt_tokens,
+        ubatch=ubatch,
+        seed=seed,
+        n_layers=model.n_moe_layers,
+        n_expert=model.n_expert,
+        top_k=model.n_expert_used,
+        moe_layers=model.moe_layers,
+        meta={"model": model.to_dict(), "source": {"kind": "synthetic", "for": model.name}},
+    )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------- allocation
+def greedy_allocation(curves: np.ndarray, ks: np.ndarray, expert_bytes: np.ndarray, budget_bytes: float,
+                      n_expert: int) -> np.ndarray:
+    """Slots per layer maximising the summed hit rate under a byte budget, one slot at a time.
+
+    ``curves``: ``(n_layers, len(ks))`` hit rate of each layer at the slot counts ``ks`` (increasing,
+    starting at 0), interpolated linearly. Every layer serves the same number of selections per token,
+    and a hit saves CPU time in proportion to the layer's expert bytes while a slot costs VRAM in the
+    same proportion, so the greedy key is the marginal hit rate per slot.
+    """
+    n_layers = curves.shape[0]
+    grid = np.arange(n_expert + 1)
+    dense = np.stack([np.interp(grid, ks, curves[i]) for i in range(n_layers)])  # (L, E+1)
+    gain = np.diff(dense, axis=1)  # (L, E): gain of the (s+1)-th slot
+    # NOTE: make gains non-increasing per layer (concave envelope by running minimum) so greedy is exact
+    gain = np.minimum.accumulate(np.maximum(gain, 0.0), axis=1)
+    order = np.argsort(-gain, axis=None, kind="stable")
+    slots = np.zeros(n_layers, np.int64)
+    used = 0.0
+    # walk slots in decreasing gain; a layer's slots come in order because gains are non-increasing
+    for flat in order:
+        layer = int(flat // n_expert)
+        if used + expert_bytes[layer] > budget_bytes:
+            continue
+        if slots[layer] >= n_expert:
+            continue
+        slots[layer] += 1
+        used += float(expert_bytes[layer])
+    return slots.astype(np.int32)
+
+
+# -------------------------------------------------------------------------------- evaluator
+@dataclass
+class Candidate:
+    """One configuration: policy family, its parameters, slots per model MoE layer and mode."""
+
+    policy: str
+    params: dict[str, Any]
+    slots: list[int]
+    mode: str = "cold-cpu"
+    alloc: str = "uniform"
+
+    def key(self) -> str:
+        return json.dumps([self.policy, self.params, self.slots, self.mode], sort_keys=True, default=str)
+
+
+class Evaluator:
+    """Simulates candidates on one trace, model, machine and budget (results cached by candidate)."""
+
+    def __init__(self, trace: Trace, model: ModelSpec, hardware: Any, cfg: TuneConfig) -> None:
+        from hotexperts.sim.cost import vram_breakdown
+        from hotexperts.sim.simulate import map_trace_to_model
+
+        self.cfg = cfg
+        self.model = model
+        self.hw = hardware
+        self.trace, _ = map_trace_to_model(trace, model, remap=cfg.remap, path=cfg.trace)
+        self.budget = float(cfg.vram_gb) * GiB
+        self.expert_bytes = np.asarray(model.expert_bytes, np.float64)
+        self._vram_breakdown = vram_breakdown
+        base = self.vram(np.zeros(model.n_moe_layers, np.int64))
+        self.fixed_bytes = float(base["total"])
+        self.free_bytes = self.budget - self.fixed_bytes
+        self.kmax = int(max(0, min(model.n_expert, self.free_bytes // max(1.0, self.expert_bytes.sum()))))
+        self._cache: dict[str, Any] = {}
+        self._curves: np.ndarray | None = None
+        self._curve_ks: np.ndarray | None = None
+        self._static_counts: np.ndarray | None = None
+
+    # -- VRAM
+    def vram(self, slots: Sequence[int] | np.ndarray) -> dict[str, Any]:
+        return self._vram_breakdown(
+            self.model, np.asarray(slots, np.int64), context=self.cfg.context, kv_type=self.cfg.kv_type,
+            hardware=self.hw, ubatch=self.cfg.ubatch, vram_budget_bytes=self.budget,
+        )
+
+    def slots_of(self, cand: Candidate) -> np.ndarray:
+        """Resident experts per model MoE layer the candidate occupies in VRAM."""
+        if cand.policy == "layer-offload":
+            pol = self.policy_config(cand)
+            on = pol.on_gpu(self.model.moe_layers)  # type: ignore[attr-defined]
+            return np.where(on, self.model.n_expert, 0).astype(np.int64)
+        if cand.policy == "all-cpu":
+            return np.zeros(self.model.n_moe_layers, np.int64)
+        return np.asarray(cand.slots, np.int64)
+
+    def fits(self, cand: Candidate) -> tuple[bool, dict[str, Any]]:
+        vb = self.vram(self.slots_of(cand))
+        return bool(vb["fits"]), vb
+
+    # -- curves for the per-layer allocation
+    def layer_curves(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-layer LRU decode hit rates at a grid of slot counts (computed once)."""
+        if self._curves is None:
+            from hotexperts.policies import make_policy
+            from hotexperts.sim.replay import replay
+
+            ne = self.model.n_expert
+            ks = sorted({0, *[k for k in (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if k < ne], ne})
+            curves = np.zeros((self.model.n_moe_layers, len(ks)))
+            pol = make_policy("lru", inserts=1_000_000)
+            for j, k in enumerate(ks):
+                if k == 0:
+                    continue
+                if k == ne:
+                    curves[:, j] = 1.0
+                    continue
+                rr = replay(self.trace, pol, k)
+                curves[:, j] = np.nan_to_num(np.asarray(rr.hit_rate_per_layer, np.float64))
+            self._curves, self._curve_ks = curves, np.asarray(ks, np.float64)
+        assert self._curve_ks is not None
+        return self._curves, self._curve_ks
+
+    def allocate(self, budget_bytes: float) -> list[int]:
+        curves, ks = self.layer_curves()
+        return [int(x) for x in greedy_allocation(curves, ks, self.expert_bytes, budget_bytes, self.model.n_expert)]
+
+    def static_counts(self) -> np.ndarray:
+        """Counts for the static family, learned on the first half of the decode tokens (and prompts).
+
+        NOTE: learning the hot set from the very tokens it is scored on would flatter it; the first half
+        is what a user's profiling run would have seen.
+        """
+        if self._static_counts is None:
+            dec = np.flatnonzero(self.trace.phase == PHASE_DECODE)
+            cut = int(dec[len(dec) // 2]) if dec.size else self.trace.n_tokens
+            mask = np.zeros(self.trace.n_tokens, bool)
+            mask[:cut] = True
+            self._static_counts = self.trace.select(mask).counts() if cut else self.trace.counts()
+        return self._static_counts
+
+    # -- policies
+    def policy_config(self, cand: Candidate) -> Any:
+        from hotexperts.policies import make_policy
+
+        p = dict(cand.params)
+        if cand.policy in ("window", "decay"):
+            p.setdefault("expert_bytes", int(self.expert_bytes.mean()))
+        if cand.policy == "static":
+            p = {"counts": self.static_counts()}
+        if cand.policy == "layer-offload" and "gpu_layers" in p:
+            p["gpu_layers"] = tuple(p["gpu_layers"])
+        return make_policy(cand.policy, **p)
+
+    def evaluate(self, cand: Candidate) -> Any:
+        """Simulate the candidate (a :class:`hotexperts.sim.simulate.SimResult`), cached."""
+        from hotexperts.sim.simulate import simulate
+
+        k = cand.key()
+        if k not in self._cache:
+            self._cache[k] = simulate(
+                self.trace, self.model, self.hw, self.policy_config(cand), np.asarray(cand.slots, np.int64),
+                mode=cand.mode, vram_gb=self.cfg.vram_gb, context=self.cfg.context, kv_type=self.cfg.kv_type,
+                ubatch=self.cfg.ubatch, warm_up=False,
+            )
+        return self._cache[k]
+
+    def objective(self, res: Any) -> float:
+        d = res.decode_tok_s or 0.0
+        w = self.cfg.prefill_weight
+        if w <= 0:
+            return float(d)
+        p = res.prefill_tok_s or 0.0
+        if d <= 0 or p <= 0:
+            return 0.0
+        return 1.0 / ((1 - w) / d + w / p)
+
+    # -- baselines
+    def best_layer_offload(self) -> Candidate:
+        """The largest ``--n-cpu-moe`` GPU share (last layers) that fits: what users run today."""
+        n_layer = self.model.n_layer
+        best = Candidate("layer-offload", {"n_cpu_moe": n_layer}, [0] * self.model.n_moe_layers)
+        for n_cpu in range(n_layer, -1, -1):
+            cand = Candidate("layer-offload", {"n_cpu_moe": n_cpu}, [0] * self.model.n_moe_layers)
+            if self.fits(cand)[0]:
+                best = cand
+            else:
+                break
+        return best
+
+    def baselines(self) -> dict[str, Candidate]:
+        out = {
+            "all-cpu": Candidate("all-cpu", {}, [0] * self.model.n_moe_layers),
+            "best-n-cpu-moe": self.best_layer_offload(),
+        }
+        fork = Candidate(
+            "fork", {"interval": FORK_DEFAULT["interval"], "pp_bypass": FORK_DEFAULT["pp_bypass"]},
+            [min(FORK_DEFAULT["hot_k"], self.model.n_expert)] * self.model.n_moe_layers,
+        )
+        if self.fits(fork)[0]:
+            out["fork-default"] = fork
+        return out
+
+
+# ----------------------------------------------------------------------------- search space
+def suggest(trial: Any, ev: Evaluator) -> Candidate:
+    """Sample a candidate from the trial (conditional space: each family has its own parameters)."""
+    cfg, model = ev.cfg, ev.model
+    fam = trial.suggest_categorical("policy", list(cfg.policies))
+    n = model.n_moe_layers
+    if fam == "layer-offload":
+        n_gpu = trial.suggest_int("layer-offload.gpu_layers", 0, n)
+        return Candidate("layer-offload", {"n_cpu_moe": model.n_layer - n_gpu}, [0] * n)
+    mode = trial.suggest_categorical("mode", list(cfg.modes)) if len(cfg.modes) > 1 else cfg.modes[0]
+    alloc = trial.suggest_categorical("alloc", ["uniform", "greedy"]) if fam != "fork" else "uniform"
+    kmax = max(1, ev.kmax)
+    if alloc == "uniform":
+        k = trial.suggest_int("hot_k", 1, kmax)
+        slots = [k] * n
+    else:
+        fill = trial.suggest_float("fill", 0.1, 1.0)
+        slots = ev.allocate(fill * max(0.0, ev.free_bytes))
+    params: dict[str, Any] = {}
+    if fam == "fork":
+        params["interval"] = trial.suggest_int("fork.interval", 10, 200, step=10)
+        params["pp_bypass"] = trial.suggest_categorical("fork.pp_bypass", [0, 8, 32, 64, 128, 512])
+    elif fam == "lru":
+        params["inserts"] = trial.suggest_int("lru.inserts", 1, 16, log=True)
+    elif fam == "window":
+        w = trial.suggest_int("window.window", 4, 64, log=True)
+        params["window"] = w
+        params["min_sightings"] = trial.suggest_int("window.min_sightings", 1, max(1, min(8, w)))
+        params["hyst"] = trial.suggest_int("window.hyst", 0, 4)
+        params["cap_bytes"] = trial.suggest_categorical("window.cap_mib", [16, 32, 64, 128, 256, 1024]) << 20
+    elif fam == "decay":
+        params["decay"] = trial.suggest_float("decay.decay", 0.7, 0.99)
+        params["pass_interval"] = trial.suggest_int("decay.pass_interval", 1, 8)
+        params["admit"] = trial.suggest_float("decay.admit", 0.5, 4.0)
+        params["ratio"] = trial.suggest_float("decay.ratio", 1.0, 2.0)
+        params["margin"] = trial.suggest_float("decay.margin", 0.0, 2.0)
+        params["prompt_weight"] = trial.suggest_float("decay.prompt_weight", 0.0, 0.2)
+        params["cap_bytes"] = trial.suggest_categorical("decay.cap_mib", [32, 64, 128, 256, 1024]) << 20
+    return Candidate(fam, params, slots, mode=mode, alloc=alloc)
+
+
+def candidate_from_trial(trial: Any) -> Candidate:
+    """The candidate a finished trial evaluated (stored as a user attribute)."""
+    c = trial.user_attrs["candidate"]
+    return Candidate(c["policy"], c["params"], c["slots"], c.get("mode", "cold-cpu"), c.get("alloc", "uniform"))
+
+
+def objective_fn(ev: Evaluator) -> Callable[[Any], Any]:
+    import optuna
+
+    def fn(trial: Any) -> Any:
+        cand = suggest(trial, ev)
+        trial.set_user_attr("candidate", asdict(cand))
+        ok, vb = ev.fits(cand)
+        trial.set_user_attr("vram_bytes", float(vb["total"]))
+        if not ok:
+            trial.set_user_attr("infeasible", f"needs {vb['total'] / GiB:.2f} GiB of {vb['budget'] / GiB:.2f}")
+            raise optuna.TrialPruned()
+        res = ev.evaluate(cand)
+        value = ev.objective(res)
+        trial.set_user_attr("decode_tok_s", res.decode_tok_s)
+        trial.set_user_attr("prefill_tok_s", res.prefill_tok_s)
+        trial.set_user_attr("hit_rate", res.hit_rate)
+        trial.set_user_attr("label", res.label)
+        if ev.cfg.multi_objective:
+            return value, float(vb["total"]) / GiB
+        return value
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------- studies
+def storage_url(cfg_storage: str | None, out_dir: Path) -> str:
+    if cfg_storage:
+        return cfg_storage
+    return f"sqlite:///{(out_dir / 'study.db').resolve()}"
+
+
+def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0) -> Any:
+    """Create or load the study (resumable)."""
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # NOTE: several local processes share one SQLite file; wait for its lock instead of failing
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    else:
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    try:
+        storage = RDBStorage(url, **kwargs)
+    except Exception as exc:  # any driver/connection failure becomes one line
+        raise HotExpertsError(f"cannot open study storage {url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True, group=True,
+                                         n_startup_trials=min(20, max(5, cfg.trials // 10)))
+    directions = ["maximize", "minimize"] if cfg.multi_objective else ["maximize"]
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
+                                        load_if_exists=True)
+            break
+        except Exception:  # NOTE: two workers creating the same study at once: the loser loads it
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        study.set_user_attr("config", cfg.to_json())
+    return study
+
+
+def finished_count(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def enqueue_seeds(study: Any, ev: Evaluator) -> None:
+    """Start from what users run: the fork's defaults, the largest K, LRU, the best layer offload."""
+    if study.user_attrs.get("seeded"):
+        return
+    study.set_user_attr("seeded", True)
+    fams = ev.cfg.policies
+    kmax = max(1, ev.kmax)
+    seeds: list[dict[str, Any]] = []
+    if "fork" in fams:
+        k = min(FORK_DEFAULT["hot_k"], kmax)
+        seeds.append({"policy": "fork", "mode": "cold-cpu", "hot_k": k, "fork.interval": 60, "fork.pp_bypass": 64})
+        seeds.append({"policy": "fork", "mode": "cold-cpu", "hot_k": kmax, "fork.interval": 60, "fork.pp_bypass": 64})
+    if "lru" in fams:
+        seeds.append({"policy": "lru", "mode": "cold-cpu", "alloc": "uniform", "hot_k": kmax, "lru.inserts": 2})
+    if "decay" in fams:
+        seeds.append({"policy": "decay", "mode": "cold-cpu", "alloc": "uniform", "hot_k": kmax})
+    if "layer-offload" in fams:
+        n_gpu = ev.model.n_layer - int(ev.best_layer_offload().params["n_cpu_moe"])
+        seeds.append({"policy": "layer-offload", "layer-offload.gpu_layers": max(0, n_gpu)})
+    for s in seeds:
+        if len(ev.cfg.modes) == 1:
+            s.pop("mode", None)
+        study.enqueue_trial(s, skip_if_exists=True)
+
+
+def _optimize(study: Any, ev: Evaluator, total: int, progress: Callable[[], None] | None) -> None:
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    remaining = total - finished_count(study)
+    if remaining <= 0:
+        return
+    cbs: list[Any] = [MaxTrialsCallback(total, states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    if progress is not None:
+        cbs.append(lambda s, t: progress())
+    study.optimize(objective_fn(ev), n_trials=remaining, callbacks=cbs, gc_after_trial=False)
+
+
+def _worker_main(args: tuple[str, str, dict[str, Any], str, int, int]) -> None:
+    url, name, cfg_json, trace_path, total, worker = args
+    cfg = TuneConfig.from_json(cfg_json)
+    ev = build_evaluator(cfg, Trace.load(trace_path))
+    study = open_study(url, name, cfg, worker=worker)
+    _optimize(study, ev, total, None)
+
+
+def build_evaluator(cfg: TuneConfig, trace: Trace) -> Evaluator:
+    from hotexperts.sim.hardware import load_hardware
+
+    model = load_model_spec(cfg.model)
+    hw = load_hardware(cfg.hardware)
+    ev = Evaluator(trace, model, hw, cfg)
+    if ev.free_bytes < 0:
+        raise InputError(
+            None,
+            f"impossible budget: {cfg.vram_gb:g} GiB cannot hold {model.name}'s non-expert weights, KV cache for "
+            f"{cfg.context} tokens ({cfg.kv_type}) and compute buffer ({ev.fixed_bytes / GiB:.2f} GiB without any expert)",
+        )
+    return ev
+
+
+def run_study(cfg: TuneConfig, trace: Trace, out_dir: Path, *, study_name: str | None, storage: str | None,
+              jobs: int = 1, progress: bool = True) -> tuple[Any, Evaluator, str, str]:
+    """Run (or continue) the study until ``cfg.trials`` trials are finished; returns (study, evaluator, url, name)."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ev = build_evaluator(cfg, trace)
+    url = storage_url(storage, out_dir)
+    name = study_name or f"hotexperts-{cfg.key()}"
+    study = open_study(url, name, cfg)
+    enqueue_seeds(study, ev)
+    done0 = finished_count(study)
+    bar = tqdm(total=cfg.trials, initial=min(done0, cfg.trials), desc="tune", unit="trial",
+               disable=not progress, leave=False)
+    try:
+        if jobs <= 1:
+            _optimize(study, ev, cfg.trials, bar.update)
+        else:
+            trace_path = out_dir / "trace.hxt"
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_worker_main, args=((url, name, cfg.to_json(), str(trace_path), cfg.trials, w + 1),))
+                     for w in range(jobs)]
+            for p in procs:
+                p.start()
+            while any(p.is_alive() for p in procs):
+                time.sleep(0.5)
+                bar.n = min(cfg.trials, finished_count(study))
+                bar.refresh()
+            for p in procs:
+                p.join()
+            failed = [p.exitcode for p in procs if p.exitcode]
+            if failed:
+                raise HotExpertsError(f"{len(failed)} tuning worker(s) failed (exit codes {failed})")
+    finally:
+        bar.close()
+    return study, ev, url, name
+
+
+def completed(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if "candidate" in t.user_attrs]
+
+
+def best_trial(study: Any, cfg: TuneConfig) -> Any:
+    trials = completed(study)
+    if not trials:
+        raise HotExpertsError("no trial completed: every configuration was infeasible for this VRAM budget")
+    return max(trials, key=lambda t: (t.values[0], -t.number))
+
+
+def belady_bound(ev: Evaluator, cand: Candidate) -> Any:
+    """The offline optimum at the same VRAM: Belady with the winner's slots (or the same slot bytes)."""
+    slots = ev.slots_of(cand)
+    if cand.policy == "layer-offload":
+        k = int(min(ev.model.n_expert, float((slots * ev.expert_bytes).sum()) // max(1.0, ev.expert_bytes.sum())))
+        slots = np.full(ev.model.n_moe_layers, k, np.int64)
+    bypass = int(cand.params.get("pp_bypass", 0)) if cand.policy == "fork" else 0
+    c = Candidate("belady", {"pp_bypass": bypass}, [int(x) for x in slots], mode=cand.mode)
+    return ev.evaluate(c)
+
+
+def fork_grid(ev: Evaluator, ks: Sequence[int], intervals: Sequence[int], *, pp_bypass: int = 64) -> np.ndarray:
+    """Predicted objective of the fork over a K x interval grid (NaN where it does not fit)."""
+    out = np.full((len(ks), len(intervals)), np.nan)
+    for i, k in enumerate(ks):
+        for j, iv in enumerate(intervals):
+            c = Candidate("fork", {"interval": int(iv), "pp_bypass": pp_bypass}, [int(k)] * ev.model.n_moe_layers)
+            if ev.fits(c)[0]:
+                out[i, j] = ev.objective(ev.evaluate(c))
+    return out
+
+
+def replace_trials(cfg: TuneConfig, trials: int) -> TuneConfig:
+    return replace(cfg, trials=int(trials))
+
+
+def summarize(res: Any, ev: Evaluator, cand: Candidate) -> dict[str, Any]:
+    vb = ev.vram(ev.slots_of(cand))
+    return {
+        "policy": cand.policy,
+        "label": res.label,
+        "params": res.params if cand.policy != "static" else {"counts": "first half of the trace's decode tokens"},
+        "mode": cand.mode,
+        "alloc": cand.alloc,
+        "slots_per_layer": [int(x) for x in ev.slots_of(cand)],
+        "decode_tok_s": res.decode_tok_s,
+        "prefill_tok_s": res.prefill_tok_s,
+        "objective": ev.objective(res),
+        "hit_rate": res.hit_rate,
+        "hit_rate_per_layer": res.hit_rate_per_layer,
+        "upload_bytes": res.upload_bytes,
+        "vram_bytes": float(vb["total"]),
+        "vram_gib": float(vb["total"]) / GiB,
+        "fits": bool(vb["fits"]),
+        "vram_breakdown": {k: v for k, v in vb.items() if isinstance(v, (int, float, bool, str))},
+    }
+
+
+def pct(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return None
+    return 100.0 * (a / b - 1.0)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (set, tuple)):
+        return list(x)
+    return str(x)
