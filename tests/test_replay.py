@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from hotexperts.policies import Fork, Static
 from hotexperts.sim.replay import EVENT_DTYPE, replay
 from hotexperts.tracer.trace import Trace

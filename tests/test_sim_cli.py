@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from hotexperts.tracer.trace import Trace
 
 from hotexperts.cli import main
+from hotexperts.tracer.trace import Trace
 
 QWEN = "qwen3.5-122b-a10b-q4_k_l"
 KEYS = ("policy", "params", "hit_rate", "hit_rate_per_layer", "decode_tok_s", "prefill_tok_s", "upload_bytes",

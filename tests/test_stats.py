@@ -8,11 +8,11 @@ import statistics
 
 import numpy as np
 import pytest
+
+from hotexperts.cli import main
 from hotexperts.tracer.importers import import_trace
 from hotexperts.tracer.stats import format_stats, trace_stats
 from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
-
-from hotexperts.cli import main
 
 
 def reference_layer_stats(tr: Trace, li: int) -> dict:

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 from hotexperts.errors import InputError
+from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 __all__ = [
     "CaptureResult",

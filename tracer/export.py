@@ -20,11 +20,11 @@ import os
 import sys
 
 import numpy as np
-from hotexperts.tracer.profile import profile_from_trace, write_moeprof
-from hotexperts.tracer.trace import PHASE_NAMES, Trace
 
 from hotexperts._atomic import atomic_open
 from hotexperts.errors import InputError
+from hotexperts.tracer.profile import profile_from_trace, write_moeprof
+from hotexperts.tracer.trace import PHASE_NAMES, Trace
 
 __all__ = ["EXPORT_FORMATS", "export_trace", "export_from_args", "csv_header"]
 

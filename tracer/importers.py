@@ -16,11 +16,10 @@ import sys
 import warnings
 from typing import Any
 
-from hotexperts.tracer.readers import TraceImportWarning, detect_format, read_trace
-from hotexperts.tracer.trace import Trace
-
 from hotexperts._atomic import write_text_atomic
 from hotexperts.errors import InputError
+from hotexperts.tracer.readers import TraceImportWarning, detect_format, read_trace
+from hotexperts.tracer.trace import Trace
 
 __all__ = ["import_trace", "import_from_args"]
 

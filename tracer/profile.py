@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 from hotexperts._atomic import atomic_open
 from hotexperts.errors import InputError
+from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 __all__ = [
     "DECODE_MAX_T",

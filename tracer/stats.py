@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
 __all__ = ["trace_stats", "format_stats", "layer_stats"]

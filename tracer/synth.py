@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
 
 from hotexperts.errors import InputError
+from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace, expert_dtype
 
 __all__ = [
     "LayerSynthParams",
@@ -67,7 +67,7 @@ MIN_PREFILL_TOKENS = 32
 NOISY_DECODE_TOKENS = 200
 
 MAX_DISTANCE = 256  # copy kernel support, tokens
-DRIFT_EVERY = 16  # tokens between drift updates
+DRIFT_EVERY = 32  # tokens between drift updates
 DEFAULT_DRIFT_TAU = 256.0  # drift correlation time, tokens
 DEFAULT_REQUEST_SHARE = 0.9  # share of the popularity ranking redrawn at a request start
 _PARAMS_DIR = "synth_params"
@@ -324,7 +324,7 @@ def _run_kernel(
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x5E17])
     z = rng.standard_normal(n)
     a = params._arrays() if arrays is None else arrays
-    out = np.empty((n, params.n_layers, params.top_k), np.int64)
+    out = np.empty((n, params.n_layers, params.top_k), expert_dtype(params.n_expert))
     kern.sample_routing(
         out,
         np.ascontiguousarray(phase, np.uint8),

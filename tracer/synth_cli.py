@@ -40,10 +40,9 @@ def add_synth_parser(tsub: Any) -> None:
 
 
 def synth_from_args(args: argparse.Namespace) -> int:
+    from hotexperts.errors import InputError
     from hotexperts.tracer.synth import SynthParams, fit_synth, params_for_model, sample_synth
     from hotexperts.tracer.trace import Trace
-
-    from hotexperts.errors import InputError
 
     meta: dict[str, Any] = {}
     moe_layers = None

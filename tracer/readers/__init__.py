@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hotexperts.errors import InputError
 from hotexperts.tracer.readers._common import TraceImportWarning
 from hotexperts.tracer.trace import Trace
-
-from hotexperts.errors import InputError
 
 __all__ = ["FORMATS", "READERS", "TraceImportWarning", "detect_format", "read_trace"]
 

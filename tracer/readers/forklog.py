@@ -23,9 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from hotexperts.tracer.readers._common import decode_text, read_bytes
-
 from hotexperts.errors import InputError
+from hotexperts.tracer.readers._common import decode_text, read_bytes
 
 __all__ = ["read_fork_log", "SUMMARY_KIND"]
 

@@ -27,6 +27,8 @@ import warnings
 from typing import Any
 
 import numpy as np
+
+from hotexperts.errors import InputError
 from hotexperts.tracer.readers._common import (
     check_ids,
     decode_text,
@@ -35,8 +37,6 @@ from hotexperts.tracer.readers._common import (
     source_meta,
 )
 from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace
-
-from hotexperts.errors import InputError
 
 __all__ = ["read_csv", "BASE_COLUMNS", "EXTRA_COLUMNS"]
 

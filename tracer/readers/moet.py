@@ -30,10 +30,10 @@ import struct
 from typing import Any
 
 import numpy as np
-from hotexperts.tracer.readers._common import read_bytes, resolve_n_expert, source_meta, warn
-from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace, expert_dtype
 
 from hotexperts.errors import InputError
+from hotexperts.tracer.readers._common import read_bytes, resolve_n_expert, source_meta, warn
+from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace, expert_dtype
 
 __all__ = ["read_moet", "MOET_MAGIC", "MOET_VERSION", "FLAG_PREFILL", "FLAG_DRAFT", "FLAG_MULTI"]
 

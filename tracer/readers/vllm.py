@@ -21,6 +21,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from hotexperts.errors import InputError
 from hotexperts.tracer.readers._common import (
     check_ids,
     decode_text,
@@ -30,8 +32,6 @@ from hotexperts.tracer.readers._common import (
     warn,
 )
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
-
-from hotexperts.errors import InputError
 
 __all__ = ["read_vllm_jsonl", "REQUIRED_FIELDS"]
 
