@@ -104,7 +104,7 @@ def sample_routing(
     n_expert,
     seed,
 ):
-    """Fill ``out[t, l, :]`` (int array ``(T, L, k)``) with distinct expert ids.
+    """Fill ``out[t, l, :]`` (unsigned int array ``(T, L, k)``) with distinct expert ids.
 
     Per layer ``l`` and token ``t`` (see docs/synthetic-traces.md for the equations):
       * log-popularity ``g[e] = -zipf_exponent * log(rank[e]) + x[e]``: ``rank`` orders the experts by
@@ -154,9 +154,16 @@ def sample_routing(
                     g[e] = base[e] + x[e]
                 total = _rebuild_cdf(g, cdf)
             elif (t - req_start) % drift_every == 0:
-                for e in range(ne):
-                    x[e] = rho * x[e] + innov * _normal(st)
+                # NOTE: Box-Muller pairs (both normals used) - this update is most of the kernel's time
+                for e in range(0, ne, 2):
+                    u1 = max(_uniform(st), 1e-300)
+                    r = np.sqrt(-2.0 * np.log(u1))
+                    th = 2.0 * np.pi * _uniform(st)
+                    x[e] = rho * x[e] + innov * r * np.cos(th)
                     g[e] = base[e] + x[e]
+                    if e + 1 < ne:
+                        x[e + 1] = rho * x[e + 1] + innov * r * np.sin(th)
+                        g[e + 1] = base[e + 1] + x[e + 1]
                 total = _rebuild_cdf(g, cdf)
             if phase[t] == 1:
                 lc = logit_next_dec[layer]
