@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 from hotexperts.tracer.importers import import_trace
 from hotexperts.tracer.synth import fit_synth, sample_synth
 from hotexperts.tracer.trace import PHASE_DECODE, Trace

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hotexperts._atomic import write_text_atomic
 from hotexperts.policies import make_policy
 from hotexperts.sim.replay import replay
 from hotexperts.tracer.importers import import_trace
 from hotexperts.tracer.synth import SynthParams, fit_synth, sample_synth
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
-
-from hotexperts._atomic import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO.parent / "shared" / "traces" / "kimi-linear-48b"
