@@ -216,3 +216,84 @@ def test_shape_from_spec_and_engine_model_spec():
     # the dense part the engine builds is within one row-block of the requested bytes
     assert abs(m.dense_bytes / 12 - sh.dense_bytes_per_layer) <= 3072 * 3072 * 2
     json.dumps(m.to_dict())
+
+
+# ------------------------------------------------------------------ validate / calibrate on the CPU
+def _tiny_spec():
+    from hotexperts.modelspec import ModelSpec
+
+    return ModelSpec(name="tiny", arch="test", n_layer=3, moe_layers=(0, 1, 2), n_expert=SHAPE.n_expert,
+                     n_expert_used=SHAPE.top_k, hidden_size=32, expert_ff=16, expert_bytes=(1536,) * 3,
+                     dense_bytes=3 * 32 * 32 * 4, n_shared_expert=1, shared_ff=8)
+
+
+def test_prepare_trace_cuts_and_extends():
+    from hotexperts.runtime.validate import prepare_trace
+
+    tr = _trace(n_decode=10)
+    cut = prepare_trace(tr, decode_steps=4)
+    assert cut.n_decode_tokens == 4 and cut.n_prefill_tokens == tr.n_prefill_tokens
+    assert np.array_equal(cut.experts, tr.experts[: tr.n_prefill_tokens + 4])
+    ext = prepare_trace(tr, decode_steps=25)
+    dec = ext.experts[ext.phase == PHASE_DECODE]
+    assert dec.shape[0] == 25
+    # the decode routing repeats in order: 10 original steps, then the same 10, then 5 more
+    base = tr.experts[tr.phase == PHASE_DECODE]
+    assert np.array_equal(dec, np.concatenate([base, base, base[:5]]))
+
+
+def test_load_configs_refuses_bad_files(tmp_path):
+    from hotexperts.errors import InputError
+    from hotexperts.runtime.validate import load_configs
+
+    p = tmp_path / "c.json"
+    p.write_text('[{"policy": "fork", "slots": 4, "params": {"interval": 5}}]')
+    (c,) = load_configs(p)
+    assert (c.policy, c.slots, c.params, c.mode) == ("fork", 4, {"interval": 5}, "cold-cpu")
+    for text, msg in (("[", "not valid JSON"), ("{}", "non-empty JSON list"), ('[{"slots": 2}]', "policy"),
+                      ('[{"policy": "lru", "sluts": 2}]', "unknown key")):
+        p.write_text(text)
+        with pytest.raises(InputError, match=msg):
+            load_configs(p)
+    with pytest.raises(InputError, match="no such"):
+        load_configs(tmp_path / "missing.json")
+
+
+def test_validate_end_to_end_on_cpu(tmp_path):
+    """Calibrate and validate the tiny engine on the CPU: files, keys, and the live counters equal the sim's."""
+    from hotexperts.runtime.calibrate import calibrate, write_profile
+    from hotexperts.runtime.validate import LiveConfig, validate
+
+    spec = _tiny_spec()
+    cal = calibrate(model=spec, n_layers=3, device="cpu", cpu_threads=1, reps=2, log=lambda m: None)
+    hw_path = tmp_path / "hw.json"
+    write_profile(cal, hw_path)
+    hw = json.loads(hw_path.read_text())
+    assert hw["cpu_expert_bw"] > 0 and hw["gpu_mem_bw"] > 0 and hw["handoff_us"] >= 0
+    cfgs = [LiveConfig("all-cpu", "all-cpu"), LiveConfig("fork", "fork", {"interval": 5}, 4),
+            LiveConfig("lru-fom", "lru", {}, 4, "fetch-on-miss")]
+    res = validate(trace=_trace(n_decode=14), model=spec, hardware=str(hw_path), out=tmp_path / "v", configs=cfgs,
+                   n_layers=3, tokens=10, warmup=2, device="cpu", cpu_threads=1, log=lambda m: None)
+    saved = json.loads((tmp_path / "v" / "validation.json").read_text())
+    assert (tmp_path / "v" / "validation.png").stat().st_size > 0 and (tmp_path / "v" / "validation.svg").exists()
+    for key in ("machine", "date", "configs", "median_abs_error_pct", "max_abs_error_pct"):
+        assert key in saved
+    assert [r["name"] for r in saved["configs"]] == ["all-cpu", "fork", "lru-fom"]
+    for r in saved["configs"]:
+        assert r["predicted_hit_rate"] == r["measured_hit_rate"]
+        assert r["predicted_upload_bytes"] == r["measured_upload_bytes"]
+        assert r["decode_tokens"] == 10
+        assert r["error_pct"] == pytest.approx((r["predicted_tok_s"] / r["measured_tok_s"] - 1) * 100)
+    assert saved["configs"][0]["measured_hit_rate"] == 0.0
+    assert saved["configs"][2]["measured_upload_bytes"] > 0
+    errs = [abs(r["error_pct"]) for r in saved["configs"]]
+    assert res["max_abs_error_pct"] == pytest.approx(max(errs))
+
+
+def test_cli_refuses_bad_input(tmp_path, capsys):
+    from hotexperts.cli import main
+
+    rc = main(["validate", str(tmp_path / "nope.hxt"), "--hardware", "h200-host", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no such trace file" in err and "Traceback" not in err
+    assert main(["calibrate", "--out", str(tmp_path / "hw.json"), "--layers", "0"]) == 1
