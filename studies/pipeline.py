@@ -46,7 +46,7 @@ def tune(
         raise InputError(out, "--out must be a folder")
     spec = load_model_spec(model)
     if trace is None:
-        tr = default_trace(spec, seed=seed)
+        tr = default_trace(spec, seed=seed, ubatch=ubatch)
         sha = ""
     else:
         tr = Trace.load(trace)
