@@ -44,7 +44,14 @@ def main() -> int:
         return 1
 
     from hotexperts._atomic import write_text_atomic
-    from hotexperts.studies.tune import TuneConfig, belady_bound, best_trial, candidate_from_trial, fork_grid, run_study
+    from hotexperts.studies.tune import (
+        TuneConfig,
+        belady_bound,
+        best_trial,
+        candidate_from_trial,
+        fork_grid,
+        run_study,
+    )
     from hotexperts.tracer.importers import import_trace
 
     trace = import_trace(args.trace, n_expert=256)
