@@ -6,11 +6,12 @@ number of MoE layers, and holds real random weights:
 
 - routed experts in host memory as int8 weight-only with per-output-channel scales, one contiguous
   block per expert (gate and up rows, then down rows), page-locked so uploads are true async copies.
-  # NOTE: int8 because the CPU path must stream weights at >= half the host's DRAM read rate: measured
-  on the H200 host (benchmarks/results/2026-11-29-h200/probe.json), 8 Qwen3.5-122B-shaped experts at
-  batch 1 and 16 threads ran at 50 GB/s with ``torch._weight_int8pack_mm`` (bf16 activations), 48 GB/s in
-  bf16, 103 GB/s in fp32 (twice the memory). int8 halves bf16's bytes at the same rate, keeps the
-  weights of 12 Qwen-shaped layers in 29 GB, and is the closest of the three to a Q4_K expert's bytes.
+  # NOTE: int8 because it was the fastest per byte of the candidates tried and halves bf16's memory. On the
+  H200 host (benchmarks/results/2026-11-29-h200/) the probe gave 50 GB/s for ``_weight_int8pack_mm`` (bf16
+  activations, 16 threads), 48 GB/s bf16, 103 GB/s fp32; but the probe's int8 pool (453 MB) was only 1.5x
+  the 300 MB L3, and the calibration, drawing experts at random from GBs, measured 36 GB/s for this op,
+  below the 45 GB/s goal (half of the 90-98 GB/s DRAM read rate). fp32 streams faster but needs twice
+  the memory and upload bytes. docs/runtime.md records this; a faster int8 CPU kernel is open work.
 - per MoE layer a VRAM slot pool (the policy's slots plus ``top_k`` scratch slots for fetch-on-miss);
 - on the GPU a shared expert and a dense part that streams ``dense_bytes / n_layer`` bytes of weights per
   layer (the model's non-expert work), followed by an RMS norm.

@@ -5,7 +5,9 @@ for one Qwen3.5-122B-shaped layer (8 experts of gate/up 2 x 1024 x 3072 and down
 the CPU expert time with fp32, bf16, fp16, int8 weight-only (``torch._weight_int8pack_mm``) and
 fbgemm dynamic int8 linear weights, at several thread counts; host DRAM read bandwidth; pinned and
 pageable host->device bandwidth; the GPU gathered-slot grouped expert time; a device round trip.
-The results decided the engine's host dtype (docs/runtime.md). Prints a table, writes probe.json.
+The results informed the engine's host dtype (docs/runtime.md). NOTE: each pool is a few times the 300 MB
+L3 of the H200 host at most, so small pools (int8: 453 MB) include cache hits; calibrate measures from GBs.
+Prints a table, writes probe.json.
 """
 
 from __future__ import annotations
