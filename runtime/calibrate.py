@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hotexperts.runtime.engine import EngineShape, MoEEngine
 
 from hotexperts._atomic import write_text_atomic
 from hotexperts.modelspec import ModelSpec
+from hotexperts.runtime.engine import EngineShape, MoEEngine
 
 __all__ = ["calibrate", "Calibration"]
 

@@ -74,9 +74,8 @@ def _check_positive(**kw: int | None) -> None:
 def _calibrate(args: argparse.Namespace) -> int:
     _check_positive(layers=args.layers, threads=args.threads, reps=args.reps)
     _need_torch()
-    from hotexperts.runtime.calibrate import calibrate, write_profile
-
     from hotexperts.modelspec import load_model_spec
+    from hotexperts.runtime.calibrate import calibrate, write_profile
 
     spec = load_model_spec(args.model)
     cal = calibrate(model=spec, n_layers=args.layers, device=args.device, cpu_threads=args.threads, reps=args.reps)
@@ -97,10 +96,9 @@ def _validate(args: argparse.Namespace) -> int:
 
         raise InputError(None, "--warmup must be >= 0")
     _need_torch()
+    from hotexperts.modelspec import load_model_spec
     from hotexperts.runtime.validate import load_any_trace, load_configs, validate
     from hotexperts.sim.hardware import load_hardware
-
-    from hotexperts.modelspec import load_model_spec
 
     spec = load_model_spec(args.model)
     hw = load_hardware(args.hardware)

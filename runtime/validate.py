@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
 from hotexperts._atomic import atomic_path, write_text_atomic
 from hotexperts.errors import InputError
 from hotexperts.modelspec import ModelSpec
+from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
 __all__ = ["LiveConfig", "default_configs", "load_configs", "load_any_trace", "prepare_trace", "validate"]
 
@@ -147,6 +147,7 @@ def validate(
 ) -> dict[str, Any]:
     """Run every configuration live and simulated; write ``validation.json`` and the plot into ``out``."""
     import torch
+
     from hotexperts.policies import make_policy
     from hotexperts.runtime.engine import EngineShape, MoEEngine, Schedule
     from hotexperts.sim.hardware import load_hardware
