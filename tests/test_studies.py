@@ -217,3 +217,26 @@ def test_two_workers_share_one_postgres_study(setup, tmp_path):
     for w in range(2):
         assert (tmp_path / f"w{w}" / "best.json").exists()
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_jobs_and_multi_objective(setup, tmp_path):
+    import optuna
+
+    _, spec, tp = setup
+    out = tmp_path / "mo"
+    r = run_cli("tune", str(tp), "--model", str(spec), "--hardware", "rtx4090-7950x", "--vram-gb", "1.45",
+                "--context", "2048", "--out", str(out), "--trials", "10", "--jobs", "2", "--multi-objective",
+                "--prefill-weight", "0.3", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    best = json.loads((out / "best.json").read_text())
+    assert "prefill share 0.3" in best["objective"]
+    b = best["best"]
+    d, p = b["decode_tok_s"], b["prefill_tok_s"]
+    assert b["objective"] == pytest.approx(1 / (0.7 / d + 0.3 / p))
+    study = optuna.load_study(study_name=best["study"]["name"], storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.directions) == 2
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 10 <= len(finished) <= 11  # two workers: at most one trial past the target
+    assert sorted(t.number for t in study.trials) == list(range(len(study.trials)))
+    for t in study.best_trials:  # the Pareto front: VRAM objective equals the stored VRAM
+        assert t.values[1] == pytest.approx(t.user_attrs["vram_bytes"] / 2**30)
