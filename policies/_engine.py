@@ -7,7 +7,7 @@ observing step ``s`` are recorded at step ``s`` and change the slot table for st
 
 Every kernel takes the same trace arrays and fills the same outputs:
 
-- ``stats``: ``(6, n_steps, n_layers)`` int32, rows :data:`SEL`, :data:`HIT`, :data:`HOT`, :data:`COLD`,
+- ``stats``: ``(6, n_steps, n_layers)`` int32 (zero-filled by the caller), rows :data:`SEL`, :data:`HIT`, :data:`HOT`, :data:`COLD`,
   :data:`UP`, :data:`UPM` (selections, hit selections, hot distinct, cold distinct, uploads, uploads of
   experts cold-used in the same step);
 - ``resident``: ``(n_layers, max_slots)`` int32 slot table, ``-1`` = empty (preloads already written);
@@ -174,19 +174,32 @@ def decode_mask(prep: Prepared) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def step_stats(experts, present, has_present, a, b, ly, s, bypass, slot_of, used, cold, stats, dist):
+def present_tokens(present, has_present, a, b, ly):
+    """Tokens of ``[a, b)`` present on layer ``ly``."""
+    if not has_present:
+        return b - a
+    m = 0
+    for t in range(a, b):
+        m += np.int64(present[t, ly])
+    return m
+
+
+@njit(cache=True, nogil=True, inline="always")
+def step_stats(experts, present, has_present, a, b, ly, s, bypass, slot_of, mark, stats, dist):
     """Fill the statistics of step ``s`` (tokens ``[a, b)``) for layer ``ly``.
 
     ``dist`` receives the distinct experts of the step in order of first appearance (token order, then
-    rank); ``used[ly, e] == s + 1`` marks experts used in the step, ``cold[ly, e] == s + 1`` the ones
-    computed cold (not resident, or the step is bypassed). Returns ``(n_distinct, n_present_tokens)``.
+    rank). ``mark[ly, e]`` is a generation stamp: ``2 * (s + 1)`` when ``e`` was used in step ``s`` and
+    served from VRAM, ``2 * (s + 1) + 1`` when it was computed cold (not resident, or the step is
+    bypassed), so nothing is ever cleared. Returns ``(n_distinct, n_present_tokens)``.
     """
+    # NOTE: branch-free counting (residency is a coin flip per selection, so an ``if resident`` costs a
+    # mispredicted branch on a third of the selections: that was most of the statistics pass).
     top_k = experts.shape[2]
-    stamp = s + 1
-    n_sel = 0
+    st = np.int32(s + 1)
+    nobp = np.int32(1) - np.int32(bypass)
     n_hit = 0
     n_hot = 0
-    n_cold = 0
     nd = 0
     m = 0
     for t in range(a, b):
@@ -194,29 +207,23 @@ def step_stats(experts, present, has_present, a, b, ly, s, bypass, slot_of, used
             continue
         m += 1
         for j in range(top_k):
-            e = np.int64(experts[t, ly, j])
-            n_sel += 1
-            res = slot_of[ly, e] >= 0 and not bypass
-            if res:
-                n_hit += 1
-            if used[ly, e] != stamp:
-                used[ly, e] = stamp
+            e = np.intp(experts[t, ly, j])
+            res = ((slot_of[ly, e] >> 31) + np.int32(1)) * nobp  # 1 = resident and not bypassed
+            n_hit += res
+            if (mark[ly, e] >> 1) != st:
+                mark[ly, e] = 2 * st + np.int32(1) - res
                 dist[nd] = e
                 nd += 1
-                if res:
-                    n_hot += 1
-                else:
-                    n_cold += 1
-                    cold[ly, e] = stamp
-    stats[SEL, s, ly] = n_sel
+                n_hot += res
+    stats[SEL, s, ly] = m * top_k
     stats[HIT, s, ly] = n_hit
     stats[HOT, s, ly] = n_hot
-    stats[COLD, s, ly] = n_cold
+    stats[COLD, s, ly] = nd - n_hot
     return nd, m
 
 
 @njit(cache=True, nogil=True, inline="always")
-def put(ly, slot, e, s, resident, slot_of, cold, stats, ev, n_ev):
+def put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev):
     """Upload expert ``e`` into slot ``slot`` of layer ``ly`` at step ``s`` (evicting the occupant)."""
     old = resident[ly, slot]
     if old >= 0:
@@ -224,7 +231,7 @@ def put(ly, slot, e, s, resident, slot_of, cold, stats, ev, n_ev):
     resident[ly, slot] = e
     slot_of[ly, e] = slot
     stats[UP, s, ly] += 1
-    if cold[ly, e] == s + 1:
+    if mark[ly, e] == 2 * (s + 1) + 1:
         stats[UPM, s, ly] += 1
     if n_ev < ev.shape[0]:
         ev[n_ev, 0] = s
@@ -240,14 +247,13 @@ def static_kernel(experts, present, has_present, bounds, bypass, n_expert, stats
     """Replay with a fixed slot table (all-cpu, layer offload, static): statistics only."""
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
-    used = np.zeros((n_layers, n_expert), np.int32)
-    cold = np.zeros((n_layers, n_expert), np.int32)
+    mark = np.zeros((n_layers, n_expert), np.int32)
     dist = np.empty(n_expert, np.int64)
     for s in range(n_steps):
         a = bounds[s]
         b = bounds[s + 1]
         for ly in range(n_layers):
-            step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, used, cold, stats, dist)
+            step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, mark, stats, dist)
     return 0
 
 

@@ -96,8 +96,7 @@ def belady_kernel(experts, present, has_present, bounds, bypass, request, n_expe
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
-    used = np.zeros((n_layers, n_expert), np.int32)
-    cold = np.zeros((n_layers, n_expert), np.int32)
+    smark = np.zeros((n_layers, n_expert), np.int32)
     mark = np.zeros(n_expert, np.int64)
     dist = np.empty(n_expert, np.int64)
     last = np.empty(n_expert, np.int64)
@@ -147,7 +146,7 @@ def belady_kernel(experts, present, has_present, bounds, bypass, request, n_expe
         for s in range(n_steps):
             a = bounds[s]
             b = bounds[s + 1]
-            step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, used, cold, stats, dist)
+            step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, smark, stats, dist)
             if not request[s] or k <= 0:
                 continue
             nc = 0
@@ -183,7 +182,7 @@ def belady_kernel(experts, present, has_present, bounds, bypass, request, n_expe
                         break
                     slot = slot_of[ly, heap[0] % n_expert]
                     hn = _hpop(heap, hn)
-                n_ev_total = put(ly, slot, e, s, resident, slot_of, cold, stats, ev, n_ev_total)
+                n_ev_total = put(ly, slot, e, s, resident, slot_of, smark, stats, ev, n_ev_total)
                 cur_next[e] = nu
                 hn = _hpush(heap, hn, key)
     return n_ev_total

@@ -71,8 +71,7 @@ def decay_kernel(experts, present, has_present, bounds, bypass, n_expert, slots,
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
-    used = np.zeros((n_layers, n_expert), np.int32)
-    cold = np.zeros((n_layers, n_expert), np.int32)
+    mark = np.zeros((n_layers, n_expert), np.int32)
     dist = np.empty(n_expert, np.int64)
     score = np.zeros((n_layers, n_expert), np.float64)
     filled = np.zeros(n_layers, np.int64)
@@ -86,7 +85,7 @@ def decay_kernel(experts, present, has_present, bounds, bypass, n_expert, slots,
         b = bounds[s + 1]
         observe = (b - a) <= observe_max
         for ly in range(n_layers):
-            nd, m = step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, used, cold, stats, dist)
+            nd, m = step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, mark, stats, dist)
             if observe:
                 for i in range(nd):
                     score[ly, dist[i]] += 1.0
@@ -135,7 +134,7 @@ def decay_kernel(experts, present, has_present, bounds, bypass, n_expert, slots,
                             best = v
                     if slot < 0 or not (sc > ratio * best and sc > best + margin):
                         break
-                n_ev = put(ly, slot, e, s, resident, slot_of, cold, stats, ev, n_ev)
+                n_ev = put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev)
                 inflight[ly, slot] = s + 1
                 if budget > 0:
                     budget -= 1

@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from hotexperts.policies._engine import Policy, Prepared, put, step_stats
+from hotexperts.policies._engine import COLD, HIT, HOT, SEL, Policy, Prepared, put
 
 __all__ = ["Lru"]
 
@@ -62,95 +62,135 @@ class Lru(Policy):
         )
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _unlink(ly, slot, prv, nxt, head, tail):
-    p = prv[ly, slot]
-    n = nxt[ly, slot]
-    if p >= 0:
-        nxt[ly, p] = n
-    else:
-        head[ly] = n
-    if n >= 0:
-        prv[ly, n] = p
-    else:
-        tail[ly] = p
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _push_front(ly, slot, prv, nxt, head, tail):
-    prv[ly, slot] = -1
-    nxt[ly, slot] = head[ly]
-    if head[ly] >= 0:
-        prv[ly, head[ly]] = slot
-    else:
-        tail[ly] = slot
-    head[ly] = slot
+@njit(cache=True, nogil=True)
+def _compact(ly, ring, last, front, clock, mask):
+    """Drop the stale entries of layer ``ly``'s recency log: re-stamp the live ones, oldest first."""
+    clk = clock[ly]
+    n = 0
+    live = np.empty(mask + 1, np.int64)
+    for f in range(front[ly], clk + 1):
+        q = ring[ly, f & mask]
+        if last[ly, q] == f:
+            live[n] = q
+            n += 1
+    for i in range(n):
+        clk += 1
+        ring[ly, clk & mask] = live[i]
+        last[ly, live[i]] = clk
+    front[ly] = clk - n + 1
+    clock[ly] = clk
 
 
 @njit(cache=True, nogil=True)
 def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, inserts, observe_max,
                stats, resident, slot_of, ev):
-    # NOTE: recency is a doubly linked list of slots per layer (head = most recent), which orders slots
-    # exactly like the source's strictly increasing last_use clock, with O(1) touch and victim choice.
+    # NOTE: recency as in the source: ``last[ly, slot]`` = a per-layer clock bumped on every touch. The
+    # victim (smallest ``last``) comes from a log of (time -> slot) entries in a ring: the oldest entry
+    # whose slot still carries that time is the least recently used slot (stale entries are skipped once,
+    # so victim choice is amortised O(1)); a full ring is compacted to its live entries. Touches are
+    # branch-free: a miss writes its entry to a dummy slot one past the clock without advancing it.
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
-    max_slots = max(1, resident.shape[1])
-    used = np.zeros((n_layers, n_expert), np.int32)
-    cold = np.zeros((n_layers, n_expert), np.int32)
-    pend_stamp = np.zeros((n_layers, n_expert), np.int32)
-    dist = np.empty(n_expert, np.int64)
-    pending = np.empty(n_expert, np.int64)
-    prv = np.full((n_layers, max_slots), -1, np.int64)
-    nxt = np.full((n_layers, max_slots), -1, np.int64)
-    head = np.full(n_layers, -1, np.int64)
-    tail = np.full(n_layers, -1, np.int64)
+    max_slots = resident.shape[1]
+    dummy = max_slots
+    width = max(0, observe_max) * top_k  # touches (and pending) per observed step and layer, at most
+    need = width + min(max(inserts, 0), width) + 2
+    r = 1024
+    while r < 4 * (max_slots + need):
+        r *= 2
+    mask = r - 1
+    ring = np.zeros((n_layers, r), np.int32)
+    last = np.full((n_layers, max_slots + 1), -1, np.int64)
+    clock = np.zeros(n_layers, np.int64)
+    front = np.ones(n_layers, np.int64)
+    mark = np.zeros((n_layers, n_expert), np.int32)
+    pending = np.empty(n_expert + 1, np.int64)
     filled = np.zeros(n_layers, np.int64)
-    inflight = np.zeros((n_layers, max_slots), np.int32)
+    inflight = np.zeros((n_layers, max(1, max_slots)), np.int32)
     n_ev = 0
     for s in range(n_steps):
         a = bounds[s]
         b = bounds[s + 1]
         observe = (b - a) <= observe_max
+        st = np.int32(s + 1)
+        nobp = np.int32(1) - np.int32(bypass[s])
         for ly in range(n_layers):
-            step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, used, cold, stats, dist)
-            if not observe:
-                continue
+            n_hit = 0
+            n_hot = 0
+            nd = 0
+            m = 0
             npend = 0
-            for t in range(a, b):
-                if has_present and not present[t, ly]:
-                    continue
-                for j in range(top_k):
-                    e = np.int64(experts[t, ly, j])
-                    slot = slot_of[ly, e]
-                    if slot >= 0:
-                        if head[ly] != slot:
-                            _unlink(ly, slot, prv, nxt, head, tail)
-                            _push_front(ly, slot, prv, nxt, head, tail)
-                    elif pend_stamp[ly, e] != s + 1:
-                        pend_stamp[ly, e] = s + 1
-                        pending[npend] = e
-                        npend += 1
-            k = slots[ly]
-            budget = inserts
-            i = npend - 1
-            while i >= 0 and budget > 0:
-                e = pending[i]
-                i -= 1
-                budget -= 1
-                if slot_of[ly, e] >= 0:
-                    continue
-                if filled[ly] < k:
-                    slot = filled[ly]
-                    filled[ly] += 1
-                else:
-                    slot = tail[ly]
-                    while slot >= 0 and inflight[ly, slot] == s + 1:
-                        slot = prv[ly, slot]
-                    if slot < 0:
-                        break
-                    _unlink(ly, slot, prv, nxt, head, tail)
-                n_ev = put(ly, slot, e, s, resident, slot_of, cold, stats, ev, n_ev)
-                inflight[ly, slot] = s + 1
-                _push_front(ly, slot, prv, nxt, head, tail)
+            if not observe:
+                for t in range(a, b):
+                    if has_present and not present[t, ly]:
+                        continue
+                    m += 1
+                    for j in range(top_k):
+                        e = np.intp(experts[t, ly, j])
+                        res = ((slot_of[ly, e] >> 31) + np.int32(1)) * nobp
+                        n_hit += res
+                        if (mark[ly, e] >> 1) != st:
+                            mark[ly, e] = 2 * st + np.int32(1) - res
+                            nd += 1
+                            n_hot += res
+            else:
+                if clock[ly] + need - front[ly] >= r - 1:
+                    _compact(ly, ring, last, front, clock, mask)
+                clk = clock[ly]
+                for t in range(a, b):
+                    if has_present and not present[t, ly]:
+                        continue
+                    m += 1
+                    for j in range(top_k):
+                        e = np.intp(experts[t, ly, j])
+                        slot = np.intp(slot_of[ly, e])
+                        rs = (slot >> 63) + 1  # 1 = resident
+                        res = np.int32(rs) * nobp
+                        n_hit += res
+                        if (mark[ly, e] >> 1) != st:
+                            mark[ly, e] = 2 * st + np.int32(1) - res
+                            nd += 1
+                            n_hot += res
+                            pending[npend] = e
+                            npend += 1 - rs
+                        # touch: a resident slot gets last = ++clock; a miss writes the dummy slot
+                        q = slot + ((slot >> 63) & (dummy + 1))
+                        ring[ly, (clk + 1) & mask] = q
+                        clk += rs
+                        last[ly, q] = clk
+                k = slots[ly]
+                budget = inserts
+                i = npend - 1
+                while i >= 0 and budget > 0:
+                    e = pending[i]
+                    i -= 1
+                    budget -= 1
+                    if slot_of[ly, e] >= 0:
+                        continue
+                    if filled[ly] < k:
+                        slot = filled[ly]
+                        filled[ly] += 1
+                    else:
+                        f = front[ly]
+                        while f <= clk and last[ly, ring[ly, f & mask]] != f:
+                            f += 1
+                        front[ly] = f
+                        if f > clk:
+                            break
+                        slot = np.intp(ring[ly, f & mask])
+                        if inflight[ly, slot] == st:
+                            # in-flight slots carry the newest times: the oldest live one is in flight
+                            # only when every slot is
+                            break
+                    n_ev = put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev)
+                    inflight[ly, slot] = st
+                    clk += 1
+                    ring[ly, clk & mask] = slot
+                    last[ly, slot] = clk
+                clock[ly] = clk
+            stats[SEL, s, ly] = m * top_k
+            stats[HIT, s, ly] = n_hit
+            stats[HOT, s, ly] = n_hot
+            stats[COLD, s, ly] = nd - n_hot
     return n_ev

@@ -72,8 +72,7 @@ def window_kernel(experts, present, has_present, bounds, bypass, n_expert, slots
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
     width = max(1, observe_max * top_k)
-    used = np.zeros((n_layers, n_expert), np.int32)
-    cold = np.zeros((n_layers, n_expert), np.int32)
+    mark = np.zeros((n_layers, n_expert), np.int32)
     dist = np.empty(n_expert, np.int64)
     ring = np.zeros((n_layers, w, width), np.int64)
     ring_len = np.zeros((n_layers, w), np.int64)
@@ -89,7 +88,7 @@ def window_kernel(experts, present, has_present, bounds, bypass, n_expert, slots
         observe = (b - a) <= observe_max
         budget = cap
         for ly in range(n_layers):
-            nd, m = step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, used, cold, stats, dist)
+            nd, m = step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, mark, stats, dist)
             if not observe:
                 continue
             for i in range(ring_len[ly, pos]):
@@ -131,7 +130,7 @@ def window_kernel(experts, present, has_present, bounds, bypass, n_expert, slots
                             best = c
                     if slot < 0 or not (cnt[ly, e] > best + hyst):
                         break
-                n_ev = put(ly, slot, e, s, resident, slot_of, cold, stats, ev, n_ev)
+                n_ev = put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev)
                 inflight[ly, slot] = s + 1
                 if budget > 0:
                     budget -= 1
