@@ -11,7 +11,15 @@ from hotexperts._atomic import write_text_atomic
 from hotexperts.errors import InputError
 from hotexperts.modelspec import load_model_spec
 from hotexperts.studies.report import finalize
-from hotexperts.studies.tune import FAMILIES, MODES, TuneConfig, default_trace, file_sha256, run_study
+from hotexperts.studies.tune import (
+    FAMILIES,
+    MODES,
+    TuneConfig,
+    build_evaluator,
+    default_trace,
+    file_sha256,
+    run_study,
+)
 from hotexperts.tracer.trace import Trace
 
 __all__ = ["tune"]
@@ -56,13 +64,16 @@ def tune(
         policies=tuple(policies), modes=tuple(modes), prefill_weight=prefill_weight, multi_objective=multi_objective,
         remap=remap, ubatch=ubatch, trace=None if trace is None else str(trace), trace_sha=sha,
     )
+    # NOTE: validate everything (model, hardware, trace vs model, budget) before writing into --out
+    ev = build_evaluator(cfg, tr)
     out.mkdir(parents=True, exist_ok=True)
     trace_copy = out / "trace.hxt"
     # NOTE: the study folder keeps the exact trace it was tuned on, so `hotexperts report` and extra
     # workers (--jobs) replay the same routing.
     if not trace_copy.exists() or (trace is not None and file_sha256(trace_copy) != sha):
         tr.save(trace_copy)
-    st, ev, url, name = run_study(cfg, tr, out, study_name=study, storage=storage, jobs=jobs, progress=progress)
+    st, ev, url, name = run_study(cfg, tr, out, study_name=study, storage=storage, jobs=jobs, progress=progress,
+                                evaluator=ev)
     write_text_atomic(out / "tune.json", json.dumps({"config": cfg.to_json(), "storage": url, "study_name": name},
                                                      indent=2) + "\n")
     return finalize(st, ev, cfg, out, storage=url, study_name=name, seconds=time.perf_counter() - t0)

@@ -522,12 +522,12 @@ def build_evaluator(cfg: TuneConfig, trace: Trace) -> Evaluator:
 
 
 def run_study(cfg: TuneConfig, trace: Trace, out_dir: Path, *, study_name: str | None, storage: str | None,
-              jobs: int = 1, progress: bool = True) -> tuple[Any, Evaluator, str, str]:
+              jobs: int = 1, progress: bool = True, evaluator: Evaluator | None = None) -> tuple[Any, Evaluator, str, str]:
     """Run (or continue) the study until ``cfg.trials`` trials are finished; returns (study, evaluator, url, name)."""
     from tqdm.auto import tqdm
 
+    ev = evaluator if evaluator is not None else build_evaluator(cfg, trace)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ev = build_evaluator(cfg, trace)
     url = storage_url(storage, out_dir)
     name = study_name or f"hotexperts-{cfg.key()}"
     study = open_study(url, name, cfg)

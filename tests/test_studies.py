@@ -172,7 +172,11 @@ def test_impossible_budget_is_one_line_error(setup, tmp_path):
                 "--context", "2048", "--out", str(out), "--trials", "5", "--no-progress")
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "impossible budget" in r.stderr
-    assert not (out / "best.json").exists()
+    assert not out.exists()  # nothing half-written
+    r = run_cli("tune", str(tp), "--model", str(spec), "--hardware", "no-such-machine", "--vram-gb", "1.45",
+                "--context", "2048", "--out", str(out), "--trials", "5", "--no-progress")
+    assert r.returncode == 1 and "no-such-machine" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------- shared storage
