@@ -26,8 +26,10 @@ from hotexperts._atomic import atomic_path
 
 __all__ = [
     "BYTE_VOCAB_SIZE",
+    "MAKE_TYPES",
     "SUPPORTED_TYPES",
     "byte_vocab",
+    "make_like_gguf",
     "write_test_moe_gguf",
 ]
 
@@ -86,6 +88,37 @@ def _random_q8_0(rng: np.random.Generator, shape: tuple[int, ...], half: float) 
     return blocks.reshape(*shape[:-1], shape[-1] // 32 * 34)
 
 
+def _tiled(pool: np.ndarray, n: int) -> np.ndarray:
+    """``n`` elements repeating ``pool`` (a 1-D array)."""
+    out = np.empty(n, pool.dtype)
+    for a in range(0, n, pool.size):
+        m = min(pool.size, n - a)
+        out[a : a + m] = pool[:m]
+    return out
+
+
+def _pooled(rng: np.random.Generator, shape: tuple[int, ...], half: float, t: str, pool_bytes: int) -> np.ndarray:
+    """Random ``t`` (q8_0 or f16) data of ``shape`` that repeats a random pool of about ``pool_bytes``.
+
+    NOTE: drawing gigabytes of random numbers is the slow part of writing a model of a real model's
+    expert shapes (about 0.3 GB/s here); for timing, weights only need to be bounded and varied,
+    so a large tensor repeats a random pool whose period (an odd number of blocks) does not divide
+    an expert's size, so neighbouring experts do not hold identical bytes.
+    """
+    n = int(np.prod(shape))
+    if t == "q8_0":
+        n_blocks = n // 32
+        p_blocks = min(n_blocks, max(1, pool_bytes // 34) | 1)
+        pool = _random_q8_0(rng, (p_blocks * 32,), half).reshape(-1)
+        return _tiled(pool, n_blocks * 34).reshape(*shape[:-1], shape[-1] // 32 * 34)
+    if t == "f16":
+        p_n = min(n, max(1, pool_bytes // 2) | 1)
+        q = rng.integers(-127, 128, p_n, dtype=np.int8)
+        pool = (q.astype(np.float32) * np.float32(half / 127.0)).astype(np.float16)
+        return _tiled(pool, n).reshape(shape)
+    raise ValueError(f"no pooled generator for type {t!r}")
+
+
 def _decode(data: np.ndarray, ggml_type: str, shape: tuple[int, ...]) -> np.ndarray:
     """The float32 values llama.cpp sees for ``data`` written as ``ggml_type``."""
     import gguf.quants
@@ -116,6 +149,8 @@ def write_test_moe_gguf(
     gate_scale: float = 1.0,
     name: str = "hotexperts-test-moe",
     keep_weights: bool = True,
+    expert_pool_bytes: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Write a random-weight ``qwen3moe`` GGUF model to ``path`` (atomically).
 
@@ -131,6 +166,10 @@ def write_test_moe_gguf(
         gate_scale: standard deviation of the router weights times ``sqrt(n_embd)``; larger values
             spread the router logits and make near-ties in the top-k rarer.
         keep_weights: return the router-related weights (else only the scalar facts).
+        expert_pool_bytes: when set (expert type q8_0 or f16), each expert tensor repeats a random
+            pool of about this many bytes instead of being drawn in full (much faster for large
+            models; see :func:`_pooled`).
+        progress: show a tqdm bar over the bytes written (only on a TTY).
 
     Returns:
         A dict with ``token_embd`` ``(n_vocab, n_embd)``, ``ffn_norm`` (list per layer,
@@ -168,6 +207,12 @@ def write_test_moe_gguf(
             return _encode(a, t)
 
         return make
+
+    def expert_w(shape: tuple[int, ...], std: float) -> Callable[[np.random.Generator, str], np.ndarray]:
+        if expert_pool_bytes is None or etype not in ("q8_0", "f16"):
+            return normal(shape, std)
+        half = float(std) * 3.0**0.5
+        return lambda rng, t: _pooled(rng, shape, half, t, int(expert_pool_bytes))
 
     def norm_w(n: int) -> Callable[[np.random.Generator, str], np.ndarray]:
         return lambda rng, t: _encode(1.0 + 0.1 * rng.standard_normal(n, dtype=np.float32), t)
@@ -216,19 +261,19 @@ def write_test_moe_gguf(
                 p + "ffn_gate_exps.weight",
                 (n_expert, n_ff_exp, n_embd),
                 etype,
-                normal((n_expert, n_ff_exp, n_embd), n_embd**-0.5),
+                expert_w((n_expert, n_ff_exp, n_embd), n_embd**-0.5),
             ),
             _TensorPlan(
                 p + "ffn_up_exps.weight",
                 (n_expert, n_ff_exp, n_embd),
                 etype,
-                normal((n_expert, n_ff_exp, n_embd), n_embd**-0.5),
+                expert_w((n_expert, n_ff_exp, n_embd), n_embd**-0.5),
             ),
             _TensorPlan(
                 p + "ffn_down_exps.weight",
                 (n_expert, n_embd, n_ff_exp),
                 etype,
-                normal((n_expert, n_embd, n_ff_exp), n_ff_exp**-0.5),
+                expert_w((n_expert, n_embd, n_ff_exp), n_ff_exp**-0.5),
             ),
         ]
 
@@ -297,9 +342,11 @@ def write_test_moe_gguf(
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
+        bar = _progress_bar(sum(_plan_nbytes(p) for p in plans), progress)
         for plan in plans:
             data = plan.make(rng, plan.ggml_type)
             w.write_tensor_data(data)
+            bar.update(data.nbytes)
             if keep_weights:
                 if plan.name == "token_embd.weight":
                     out["token_embd"] = _decode(data, plan.ggml_type, plan.shape)
@@ -307,6 +354,127 @@ def write_test_moe_gguf(
                     out["ffn_norm"][int(plan.name.split(".")[1])] = _decode(data, plan.ggml_type, plan.shape)
                 elif plan.name.endswith(".ffn_gate_inp.weight"):
                     out["ffn_gate_inp"][int(plan.name.split(".")[1])] = _decode(data, plan.ggml_type, plan.shape)
+        bar.close()
         w.close()
         out["bytes"] = os.path.getsize(tmp)
     return out
+
+
+def _plan_nbytes(plan: _TensorPlan) -> int:
+    import gguf
+
+    block, type_size = gguf.GGML_QUANT_SIZES[_qtype(plan.ggml_type)]
+    return int(np.prod(plan.shape)) // block * type_size
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc="write", leave=False,
+        disable=not enabled or not sys.stderr.isatty(),
+    )
+
+
+#: tensor types of ``hotexperts model make`` (fast to generate, run on every llama.cpp backend).
+MAKE_TYPES = ("q8_0", "f16")
+
+#: default size of the random pool that large expert tensors repeat (see :func:`_pooled`).
+_MAKE_POOL_BYTES = 16 * 2**20 + 34 * 7
+
+
+def make_like_gguf(
+    path: str | os.PathLike[str],
+    *,
+    like: str,
+    n_layer: int,
+    ggml_type: str = "q8_0",
+    seed: int = 0,
+    n_expert: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write a random-weight ``qwen3moe`` GGUF with the expert shapes of model ``like``, ``n_layer`` layers.
+
+    ``like`` is a preset name, a spec ``.json`` or a GGUF (:func:`hotexperts.modelspec.load_model_spec`).
+    The model copies its hidden size, expert feed-forward size, expert count and top-k, and its
+    attention head counts (so that attention costs about what one full-attention layer of it costs);
+    every layer is a MoE layer with routed experts only. What it does NOT copy: shared experts,
+    linear-attention layers (qwen3moe has none), the vocabulary (byte level, 259 tokens: the output
+    layer is almost free) and the quantization mix (every 2-D weight is ``ggml_type``).
+
+    Args:
+        n_expert: override the routed expert count (top-k is kept, so it must be >= top-k).
+
+    Returns:
+        The facts of :func:`write_test_moe_gguf` (without weights) plus ``like``, ``hidden_size``,
+        ``expert_ff``, ``expert_bytes`` (one expert) and ``type``.
+
+    Raises:
+        InputError: unknown model, bad layer/expert count, unsupported type, or shapes that are not
+        a multiple of the type's block size.
+    """
+    from hotexperts.errors import InputError
+    from hotexperts.modelspec import load_model_spec
+
+    t = ggml_type.lower()
+    if t not in MAKE_TYPES:
+        raise InputError(None, f"--type {ggml_type!r} is not supported; choose one of {', '.join(MAKE_TYPES)}")
+    spec = load_model_spec(like)
+    if n_layer < 1:
+        raise InputError(None, f"--layers must be >= 1, got {n_layer}")
+    if n_layer > spec.n_moe_layers:
+        raise InputError(
+            None, f"--layers {n_layer} is more than the {spec.n_moe_layers} MoE layers of {spec.name}"
+        )
+    n_exp = spec.n_expert if n_expert is None else int(n_expert)
+    if not spec.n_expert_used <= n_exp <= 65_536 or n_exp < 2:
+        raise InputError(
+            None, f"--experts must be between max(2, top-k={spec.n_expert_used}) and 65536, got {n_exp}"
+        )
+    hidden, ff = int(spec.hidden_size), int(spec.expert_ff)
+    for what, v in (("hidden size", hidden), ("expert feed-forward size", ff)):
+        if v <= 0 or v % 32:
+            raise InputError(None, f"{spec.name}: {what} {v} is not a positive multiple of 32 (the {t} block)")
+    # NOTE: a spec without attention facts (a hand-written JSON) gets 128-wide heads, GQA 4:1.
+    head_dim = int(spec.head_dim) or 128
+    n_head = int(spec.n_head) or max(1, hidden // head_dim)
+    n_head_kv = int(spec.n_head_kv) or max(1, n_head // 4)
+    if n_head % n_head_kv:
+        n_head_kv = 1
+    if (n_head * head_dim) % 32 or head_dim % 2:
+        raise InputError(None, f"{spec.name}: attention size {n_head} x {head_dim} is not a multiple of 32")
+    info = write_test_moe_gguf(
+        path,
+        n_layer=int(n_layer),
+        n_embd=hidden,
+        n_ff_exp=ff,
+        n_expert=n_exp,
+        n_expert_used=int(spec.n_expert_used),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        seed=int(seed),
+        zero_attn_out_layers=(),
+        dtype=t,
+        expert_dtype=t,
+        name=f"hotexperts-make-like-{spec.name}",
+        keep_weights=False,
+        expert_pool_bytes=_MAKE_POOL_BYTES,
+        progress=progress,
+    )
+    for k in ("ffn_norm", "ffn_gate_inp"):
+        info.pop(k, None)
+    per_weight = 34 / 32 if t == "q8_0" else 2
+    info.update(
+        like=spec.name,
+        type=t,
+        hidden_size=hidden,
+        expert_ff=ff,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        expert_bytes=int(3 * hidden * ff * per_weight),
+    )
+    return info

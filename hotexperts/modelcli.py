@@ -3,6 +3,8 @@
 Forms:
     hotexperts model SPEC [--json] [--header-only]   SPEC = MODEL.gguf | preset name | spec .json
     hotexperts model list [--json]                   built-in presets
+    hotexperts model make --like SPEC --layers L --type q8_0|f16 --out M.gguf [--seed S] [--experts E]
+                                                     random-weight qwen3moe GGUF of SPEC's expert shapes
     hotexperts model <sub> ...                       further subcommands, see _SUBCOMMANDS
 
 NOTE: argparse cannot mix a free positional with sub-parsers, so ``model`` takes its first word
@@ -78,9 +80,59 @@ def _run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_make_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Write a random-weight qwen3moe GGUF with the expert shapes of a model (hidden size, expert "
+            "ff, expert count, top-k, attention heads) and fewer layers, for measuring llama.cpp "
+            "(hotexperts bench llamacpp). Shared experts, linear attention and the vocabulary are not copied."
+        ),
+    )
+    p.add_argument("--like", required=True, metavar="SPEC", help="preset name, spec .json or MODEL.gguf to copy")
+    p.add_argument("--layers", required=True, type=int, metavar="L", help="number of (MoE) layers")
+    p.add_argument("--type", default="q8_0", metavar="q8_0|f16", help="type of every 2-D weight (default q8_0)")
+    p.add_argument("--out", required=True, metavar="M.gguf", help="output GGUF (written atomically)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--experts", type=int, default=None, metavar="E", help="routed experts per layer (default: SPEC's)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _run_make(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hotexperts.errors import InputError
+    from hotexperts.ggufmake import make_like_gguf
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise InputError(out, "is a directory; --out needs a file name")
+    info = make_like_gguf(
+        out,
+        like=args.like,
+        n_layer=args.layers,
+        ggml_type=args.type,
+        seed=args.seed,
+        n_expert=args.experts,
+        progress=not args.no_progress,
+    )
+    info["path"] = str(out)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(
+            f"wrote {out}: {info['bytes'] / GIB:.2f} GiB, qwen3moe like {info['like']}, {info['n_layer']} layers, "
+            f"{info['n_expert_used']}/{info['n_expert']} experts of {info['expert_bytes']:,} B ({info['type']})"
+        )
+    return 0
+
+
 # name -> (build parser given prog, run)
 _SUBCOMMANDS: dict[str, tuple[Callable[[str], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]] = {
     "list": (_build_list_parser, _run_list),
+    "make": (_build_make_parser, _run_make),
 }
 
 
