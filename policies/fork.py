@@ -46,7 +46,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from hotexperts.policies._engine import Policy, Prepared, put, step_stats
+from hotexperts.policies._engine import COLD, HIT, HOT, SEL, Policy, Prepared, present_tokens, put
 
 __all__ = ["Fork", "fork_bonus"]
 
@@ -96,15 +96,16 @@ class Fork(Policy):
 
 
 @njit(cache=True, nogil=True)
-def _rank(score, order):
-    """``order`` = expert ids by score descending, id ascending (counting sort when scores are small)."""
+def _rank(score, order, cnt):
+    """``order`` = expert ids by score descending, id ascending (counting sort when scores are small;
+    ``cnt`` is a scratch buffer of at least ``16 * n + 4097`` entries)."""
     n = score.size
     mx = 0
     for e in range(n):
         if score[e] > mx:
             mx = score[e]
     if mx <= 16 * n + 4096:
-        cnt = np.zeros(mx + 1, np.int64)
+        cnt[: mx + 1] = 0
         for e in range(n):
             cnt[score[e]] += 1
         run = 0
@@ -128,16 +129,19 @@ def _rank(score, order):
 @njit(cache=True, nogil=True)
 def fork_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, interval, height,
                 stats, resident, slot_of, ev):
+    # NOTE: one pass per (step, layer) does the statistics and the counting together (the staging
+    # decision needs only the layer's present-token count, known before the pass); the count increment
+    # is 0 or 1, so there is no branch per selection.
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
-    used = np.zeros((n_layers, n_expert), np.int32)
-    cold = np.zeros((n_layers, n_expert), np.int32)
+    mark = np.zeros((n_layers, n_expert), np.int32)
     dist = np.empty(n_expert, np.int64)
     counts = np.zeros((n_layers, n_expert), np.int64)
     size = np.zeros(n_layers, np.int64)
     score = np.empty(n_expert, np.int64)
     order = np.empty(n_expert, np.int64)
+    cnt = np.empty(16 * n_expert + 4097, np.int64)
     in_new = np.zeros(n_expert, np.bool_)
     evict = np.empty(n_expert, np.int64)
     promo = np.empty(n_expert, np.int64)
@@ -150,8 +154,10 @@ def fork_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, 
         counter += 1
         all_full = filling
         cursor = 0
+        st = np.int32(s + 1)
+        nobp = np.int32(1) - np.int32(bypass[s])
         for ly in range(n_layers):
-            nd, m = step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, used, cold, stats, dist)
+            m = present_tokens(present, has_present, a, b, ly)
             k = slots[ly]
             valid = m > 0
             if valid and height > 0:
@@ -159,15 +165,31 @@ def fork_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, 
                     cursor += m
                 else:
                     valid = False
-            if not valid:
-                if filling and size[ly] < k:
-                    all_full = False
-                continue
+            inc = np.int64(valid)
+            n_hit = 0
+            n_hot = 0
+            nd = 0
             for t in range(a, b):
                 if has_present and not present[t, ly]:
                     continue
                 for j in range(top_k):
-                    counts[ly, np.int64(experts[t, ly, j])] += 1
+                    e = np.intp(experts[t, ly, j])
+                    res = ((slot_of[ly, e] >> 31) + np.int32(1)) * nobp
+                    n_hit += res
+                    counts[ly, e] += inc
+                    if (mark[ly, e] >> 1) != st:
+                        mark[ly, e] = 2 * st + np.int32(1) - res
+                        dist[nd] = e
+                        nd += 1
+                        n_hot += res
+            stats[SEL, s, ly] = m * top_k
+            stats[HIT, s, ly] = n_hit
+            stats[HOT, s, ly] = n_hot
+            stats[COLD, s, ly] = nd - n_hot
+            if not valid:
+                if filling and size[ly] < k:
+                    all_full = False
+                continue
             if filling and size[ly] < k:
                 # dist holds the step's distinct experts in order of appearance
                 for i in range(nd):
@@ -176,7 +198,7 @@ def fork_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, 
                     e = dist[i]
                     if slot_of[ly, e] >= 0:
                         continue
-                    n_ev = put(ly, size[ly], e, s, resident, slot_of, cold, stats, ev, n_ev)
+                    n_ev = put(ly, size[ly], e, s, resident, slot_of, mark, stats, ev, n_ev)
                     size[ly] += 1
                 if size[ly] < k:
                     all_full = False
@@ -195,7 +217,7 @@ def fork_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, 
                     bonus = steady
                 for e in range(n_expert):
                     score[e] = counts[ly, e] + (bonus if slot_of[ly, e] >= 0 else 0)
-                _rank(score, order)
+                _rank(score, order, cnt)
                 top = min(k, n_expert)
                 for i in range(top):
                     in_new[order[i]] = True
@@ -212,7 +234,7 @@ def fork_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, 
                         promo[npr] = e
                         npr += 1
                 for i in range(min(ne, npr)):
-                    n_ev = put(ly, evict[i], promo[i], s, resident, slot_of, cold, stats, ev, n_ev)
+                    n_ev = put(ly, evict[i], promo[i], s, resident, slot_of, mark, stats, ev, n_ev)
                 for i in range(top):
                     in_new[order[i]] = False
             counts[:, :] = 0

@@ -63,20 +63,20 @@ class Lru(Policy):
 
 
 @njit(cache=True, nogil=True)
-def _compact(ly, ring, last, front, clock, mask):
-    """Drop the stale entries of layer ``ly``'s recency log: re-stamp the live ones, oldest first."""
+def _compact(ly, ring, where, front, clock, mask):
+    """Drop the dead entries of layer ``ly``'s recency log: rewrite the live ones, oldest first."""
     clk = clock[ly]
     n = 0
     live = np.empty(mask + 1, np.int64)
     for f in range(front[ly], clk + 1):
         q = ring[ly, f & mask]
-        if last[ly, q] == f:
+        if q >= 0:
             live[n] = q
             n += 1
     for i in range(n):
         clk += 1
         ring[ly, clk & mask] = live[i]
-        last[ly, live[i]] = clk
+        where[ly, live[i]] = clk & mask
     front[ly] = clk - n + 1
     clock[ly] = clk
 
@@ -84,11 +84,12 @@ def _compact(ly, ring, last, front, clock, mask):
 @njit(cache=True, nogil=True)
 def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, inserts, observe_max,
                stats, resident, slot_of, ev):
-    # NOTE: recency as in the source: ``last[ly, slot]`` = a per-layer clock bumped on every touch. The
-    # victim (smallest ``last``) comes from a log of (time -> slot) entries in a ring: the oldest entry
-    # whose slot still carries that time is the least recently used slot (stale entries are skipped once,
-    # so victim choice is amortised O(1)); a full ring is compacted to its live entries. Touches are
-    # branch-free: a miss writes its entry to a dummy slot one past the clock without advancing it.
+    # NOTE: recency as in the source (``last_use = ++clock`` on every touch, victim = smallest), kept as a
+    # log: a ring indexed by a per-layer clock holds the slot touched at each time; a touch appends the
+    # slot and kills (-1) its previous entry (``where`` = its ring index), so the oldest live entry is the
+    # least recently used slot. Dead entries are skipped once (amortised O(1) victim choice, a sequential
+    # scan); a full ring is compacted to its live entries. Touches are branch-free: a miss touches a dummy
+    # slot whose entry lives in a spare cell past the ring, and the clock does not move.
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
@@ -100,8 +101,8 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
     while r < 4 * (max_slots + need):
         r *= 2
     mask = r - 1
-    ring = np.zeros((n_layers, r), np.int32)
-    last = np.full((n_layers, max_slots + 1), -1, np.int64)
+    ring = np.full((n_layers, r + 1), -1, np.int32)
+    where = np.full((n_layers, max_slots + 1), r, np.int64)  # ring index of each slot's live entry
     clock = np.zeros(n_layers, np.int64)
     front = np.ones(n_layers, np.int64)
     mark = np.zeros((n_layers, n_expert), np.int32)
@@ -136,7 +137,7 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                             n_hot += res
             else:
                 if clock[ly] + need - front[ly] >= r - 1:
-                    _compact(ly, ring, last, front, clock, mask)
+                    _compact(ly, ring, where, front, clock, mask)
                 clk = clock[ly]
                 for t in range(a, b):
                     if has_present and not present[t, ly]:
@@ -154,11 +155,13 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                             n_hot += res
                             pending[npend] = e
                             npend += 1 - rs
-                        # touch: a resident slot gets last = ++clock; a miss writes the dummy slot
+                        # touch: a resident slot moves to the clock's next cell; a miss touches the dummy
                         q = slot + ((slot >> 63) & (dummy + 1))
-                        ring[ly, (clk + 1) & mask] = q
+                        ring[ly, where[ly, q]] = -1
+                        w = ((clk + 1) & mask) * rs + r * (1 - rs)
+                        ring[ly, w] = q
+                        where[ly, q] = w
                         clk += rs
-                        last[ly, q] = clk
                 k = slots[ly]
                 budget = inserts
                 i = npend - 1
@@ -173,7 +176,7 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                         filled[ly] += 1
                     else:
                         f = front[ly]
-                        while f <= clk and last[ly, ring[ly, f & mask]] != f:
+                        while f <= clk and ring[ly, f & mask] < 0:
                             f += 1
                         front[ly] = f
                         if f > clk:
@@ -186,8 +189,9 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                     n_ev = put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev)
                     inflight[ly, slot] = st
                     clk += 1
+                    ring[ly, where[ly, slot]] = -1
                     ring[ly, clk & mask] = slot
-                    last[ly, slot] = clk
+                    where[ly, slot] = clk & mask
                 clock[ly] = clk
             stats[SEL, s, ly] = m * top_k
             stats[HIT, s, ly] = n_hit
