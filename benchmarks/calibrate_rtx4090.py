@@ -63,6 +63,11 @@ MEASURED: dict[str, Any] = {
     "cpu_threads": 16,
     "handoff_us": 70.0,  # published 50-100 us per CPU-expert layer; the derivation's value
     "gpu_expert_fixed_us": 15.0,  # estimate: grouped mat-mul launches of one layer
+    # estimate: llama.cpp's mul_mat_id mat-vec streams quantised expert weights like the dense mat-vec
+    "gpu_expert_bw": 895.0,
+    # estimate: fetch-on-miss reads the layer's router ids back (one GPU round trip, no CPU op); the low
+    # end of the published 50-100 us hand-off, which contains such a round trip. Not used by the fit.
+    "miss_sync_us": 50.0,
     "gpu_tflops": 100.0,  # estimate: flash attention fp16 on an RTX 4090 (165 TFLOP/s dense peak)
     "op_offload_min_batch": 32,
     "upload_layer_fixed_us": 20.0,  # estimate: one cudaStreamSynchronize per layer
@@ -168,7 +173,7 @@ def fit(model: ModelSpec) -> tuple[HardwareProfile, dict[str, Any]]:
             "vram_overhead_bytes on the --n-cpu-moe 40 VRAM (22.6 GB read as GiB); Qwen3.5-122B-A10B Q4_K_L preset"
         ),
         notes=(
-            "Estimates (no measurement): gpu_expert_fixed_us, gpu_tflops, upload_layer_fixed_us, dram_bw (70 % of "
+            "Estimates (no measurement): gpu_expert_fixed_us, gpu_expert_bw (= gpu_mem_bw), miss_sync_us, gpu_tflops, upload_layer_fixed_us, dram_bw (70 % of "
             "89.6 GB/s). Measured ranges: gpu_mem_bw 870-920, pcie_pinned_bw 24-26, pcie_pageable_bw 6-13, "
             "handoff_us 50-100 (published). The hot-cache row of the headline table was NOT used."
         ),
@@ -313,7 +318,7 @@ def rtx5090_check(model: ModelSpec, hw4090: HardwareProfile, trace_path: Path | 
          "expert_bytes": [int(eb)] * model.n_moe_layers,
          "dense_bytes": int(model.dense_bytes * 3.3 / 4.9), "embd_bytes": int(model.embd_bytes * 3.3 / 4.9)}
     )
-    hw = hw4090.replace(name="rtx5090-unknown-cpu", gpu_mem_bw=1600.0, vram_bytes=32 * 2**30)
+    hw = hw4090.replace(name="rtx5090-unknown-cpu", gpu_mem_bw=1600.0, gpu_expert_bw=1600.0, vram_bytes=32 * 2**30)
     k = model.n_expert_used
     L = model.n_moe_layers
 

@@ -10,13 +10,20 @@ time vs its size are the only fits):
   (a one-expert copy plus stream synchronize, minus its bytes at the pinned rate);
 - the CPU expert op (:meth:`MoEEngine._cold`) with 1..top_k experts at several thread counts ->
   ``cpu_expert_bw`` (slope at the engine's thread count) and its per-layer fixed cost (intercept);
-- the GPU grouped call (:meth:`MoEEngine._grouped` with its index upload) with 1..top_k experts ->
-  ``gpu_mem_bw`` (slope) and ``gpu_expert_fixed_us`` (intercept);
-- the hand-off (layer input to pinned host memory, an empty CPU task, the partial sum back) ->
-  ``handoff_us`` = that round trip + the CPU op's fixed cost;
+- the GPU grouped call (:meth:`MoEEngine._grouped` with its index upload) with 1..top_k experts, issued
+  back to back as the decode loop issues it -> ``gpu_expert_bw`` (slope) and ``gpu_expert_fixed_us``
+  (intercept); the synced latencies are kept in the raw tables;
+- the dense mat-vec alone, back to back -> ``gpu_mem_bw`` (the dense weights' streaming rate: a plain
+  bf16 GEMV, much faster per byte than the grouped call's gather + dequantise + bmm);
 - the dense part of one layer (dense mat-vec, norm, shared expert) and the per-token fixed work ->
   ``dense_fixed_ms`` = per-token work + layers x dense-layer time - the dense bytes at ``gpu_mem_bw``
   (the cost model adds that streaming term back);
+- a whole layer with 1, k/2, k CPU experts (``forward_layer``, cold-cpu) -> ``handoff_us`` = its time
+  minus the dense-layer time minus the experts' bytes at ``cpu_expert_bw`` (mean over the three): the
+  copies, the worker's wake-up, the CPU op's fixed cost, as the engine runs them (the isolated round
+  trip + CPU intercept is kept in the raw tables as ``handoff_parts_us``);
+- a fetch-on-miss layer with one miss minus one with one hot expert minus one expert at the pinned rate
+  -> ``miss_sync_us`` (the engine takes routing from the trace, so this is launch cost, no readback);
 - host DRAM read rate (a sum over 2 GiB) -> ``dram_bw``; the CPU expert op while pinned uploads stream ->
   ``upload_contention``.
 
@@ -60,6 +67,22 @@ def _median(fn: Callable[[], Any], reps: int, *, sync: Callable[[], None] | None
             sync()
         ts.append(time.perf_counter() - t0)
     return float(statistics.median(ts))
+
+
+def _pipelined(fn: Callable[[], Any], reps: int, *, sync: Callable[[], None] | None = None) -> float:
+    """Seconds per call of ``fn`` issued back to back (one sync before and after all ``reps`` calls).
+
+    This is how the decode loop issues GPU work: the host runs ahead of the GPU, so a call costs the
+    larger of its host issue time and its GPU time, not their sum plus a sync (``_median``)."""
+    fn()
+    if sync is not None:
+        sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    if sync is not None:
+        sync()
+    return (time.perf_counter() - t0) / reps
 
 
 def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -146,6 +169,7 @@ def calibrate(
         eng.set_slots(np.array([k, k]), np.array([list(range(k)), list(range(k, 2 * k))]))
         x_dev = torch.randn(1, shape.hidden).to(device, eng.dtype)
         gpu_t: dict[str, float] = {}
+        gpu_sync_t: dict[str, float] = {}
         for n in range(1, k + 1):
             def grouped(n: int = n) -> None:
                 layer = int(rng.integers(2))
@@ -154,11 +178,16 @@ def calibrate(
                 eng._grouped(layer, x_dev, *eng._index(list(range(n)), sl, ids, [1.0 / n] * n))
 
             grouped()
-            gpu_t[str(n)] = _median(grouped, reps, sync=sync)
+            gpu_sync_t[str(n)] = _median(grouped, reps, sync=sync)
+            gpu_t[str(n)] = _pipelined(grouped, reps * 2, sync=sync)
+        meas["gpu_grouped_synced_s"] = gpu_sync_t
         meas["gpu_grouped_s"] = gpu_t
+        # NOTE: the back-to-back times price the call: the decode loop never syncs after it (the synced
+        # latency adds the host's launch and wake-up time, which overlaps GPU work in a real step)
         gpu_fixed, gpu_slope = _line(list(range(1, k + 1)), list(gpu_t.values()))
-        gpu_bw = b / gpu_slope / 1e9 if gpu_slope > 0 else 1000.0
-        say(f"  {k} experts {gpu_t[str(k)] * 1e6:.0f} us; slope {gpu_bw:.0f} GB/s, fixed {gpu_fixed * 1e6:.0f} us")
+        gpu_expert_bw = b / gpu_slope / 1e9 if gpu_slope > 0 else 1000.0
+        say(f"  {k} experts {gpu_t[str(k)] * 1e6:.0f} us back to back ({gpu_sync_t[str(k)] * 1e6:.0f} synced); "
+            f"slope {gpu_expert_bw:.0f} GB/s, fixed {gpu_fixed * 1e6:.0f} us")
 
         # ---- 4. hand-off
         say("calibrate: [4/7] hand-off round trip")
@@ -183,7 +212,7 @@ def calibrate(
         handoff()
         t_hand = _median(handoff, reps * 5, sync=sync)
         meas["handoff_roundtrip_us"] = t_hand * 1e6
-        handoff_us = t_hand * 1e6 + max(cpu_fixed, 0.0) * 1e6
+        meas["handoff_parts_us"] = t_hand * 1e6 + max(cpu_fixed, 0.0) * 1e6
 
         # ---- 5. dense part per layer, per-token fixed work
         say("calibrate: [5/7] dense part")
@@ -193,20 +222,65 @@ def calibrate(
             y = eng._shared(0, a2)
             _ = a2 + y if y is not None else a2
 
+        # the dense mat-vec alone, back to back: the VRAM streaming rate of dense weights (gpu_mem_bw)
+        w0 = eng.dense[0]
+        gpu_bw = 1000.0
+        if w0 is not None:
+            xv = x_dev.view(-1)
+            t_gemv = _pipelined(lambda: w0 @ xv, reps * 5, sync=sync)
+            gpu_bw = w0.numel() * w0.element_size() / t_gemv / 1e9
+            meas["dense_gemv_us"], meas["dense_gemv_gbs"] = t_gemv * 1e6, gpu_bw
         dense_layer()
-        t_dense = _median(dense_layer, reps * 2, sync=sync)
+        meas["dense_layer_synced_us"] = _median(dense_layer, reps * 2, sync=sync) * 1e6
+        t_dense = _pipelined(dense_layer, reps * 5, sync=sync)
         # the whole layer call (bookkeeping, launches, dense, shared) with every expert hot, minus the
         # grouped call timed above: the per-layer work that is neither experts nor hand-off
         ids = list(range(k))
         eng.forward_layer(0, x_dev, ids, [1.0 / k] * k)
-        t_allhot = _median(lambda: eng.forward_layer(0, x_dev, ids, [1.0 / k] * k), reps * 2, sync=sync)
+        t_allhot = _pipelined(lambda: eng.forward_layer(0, x_dev, ids, [1.0 / k] * k), reps * 2, sync=sync)
         meas["layer_all_hot_us"] = t_allhot * 1e6
+        meas["dense_part_us"] = t_dense * 1e6
         t_dense = max(t_dense, t_allhot - gpu_t[str(k)])
         t_token = _median(lambda: eng.token_input(int(rng.integers(64))), reps * 2, sync=sync)
         meas["dense_layer_us"] = t_dense * 1e6
         meas["token_fixed_us"] = t_token * 1e6
         dense_bytes_total = eng.dense_bytes_per_layer * n_layers
         dense_fixed_ms = max(0.0, (t_token + n_layers * t_dense) * 1e3 - dense_bytes_total / (gpu_bw * 1e9) * 1e3)
+        say(f"  dense mat-vec {gpu_bw:.0f} GB/s; dense layer {t_dense * 1e6:.0f} us back to back")
+
+        # ---- 5b. whole layers with cold experts (the hand-off as the engine runs it) and with misses
+        say("calibrate: [5b] layers with CPU experts (hand-off) and with fetched misses")
+        free = [int(e) for e in np.flatnonzero(eng.slot_of[0] < 0)]
+        cold_t: dict[str, float] = {}
+        resid = []
+        for n in sorted({1, max(1, k // 2), k}):
+            def cold_layer(n: int = n) -> None:
+                sel = [free[int(i)] for i in rng.choice(len(free), n, replace=False)]
+                eng.forward_layer(0, x_dev, sel, [1.0 / n] * n)
+
+            cold_layer()
+            cold_t[str(n)] = _pipelined(cold_layer, reps, sync=sync)
+            resid.append(cold_t[str(n)] - t_dense - n * b / (cpu_bw * 1e9))
+        meas["layer_cold_cpu_s"] = cold_t
+        # NOTE: the hand-off is what a layer with n CPU experts takes beyond its dense part and the n
+        # experts' streaming: the copies, the worker's wake-up and barrier, the CPU op's fixed cost
+        handoff_layer_us = max(0.0, float(np.mean(resid))) * 1e6
+        meas["handoff_in_layer_us"] = handoff_layer_us
+        miss_sync_us = 0.0
+        if cuda:
+            def miss_layer() -> None:
+                e = free[int(rng.integers(len(free)))]
+                eng.forward_layer(0, x_dev, [e], [1.0], mode="fetch-on-miss")
+
+            def hot1_layer() -> None:
+                eng.forward_layer(0, x_dev, [int(eng.table[0, int(rng.integers(k))])], [1.0], mode="fetch-on-miss")
+
+            t_miss1 = _pipelined(miss_layer, reps * 2, sync=sync)
+            t_hot1 = _pipelined(hot1_layer, reps * 2, sync=sync)
+            meas["layer_fetch_one_miss_us"], meas["layer_one_hot_us"] = t_miss1 * 1e6, t_hot1 * 1e6
+            # NOTE: a one-miss layer minus a one-hot layer minus the expert's copy at the pinned rate
+            miss_sync_us = max(0.0, (t_miss1 - t_hot1) * 1e6 - b / (pinned_bw * 1e9) * 1e6)
+        say(f"  hand-off in a layer {handoff_layer_us:.0f} us; fetch-on-miss fixed {miss_sync_us:.0f} us")
 
         # ---- 6. DRAM
         say("calibrate: [6/7] host DRAM read rate")
@@ -259,7 +333,9 @@ def calibrate(
         "pcie_pageable_bw": round(pageable_bw, 3),
         "dram_bw": round(dram_bw, 3),
         "cpu_threads": threads,
-        "handoff_us": round(handoff_us, 3),
+        "handoff_us": round(handoff_layer_us, 3),
+        "miss_sync_us": round(miss_sync_us, 3),
+        "gpu_expert_bw": round(gpu_expert_bw, 3),
         "dense_fixed_ms": round(dense_fixed_ms, 5),
         "gpu_expert_fixed_us": round(max(gpu_fixed, 0.0) * 1e6, 3),
         "upload_layer_fixed_us": round(upload_fixed_us if upload_fixed_us is not None else 20.0, 3),
@@ -273,7 +349,10 @@ def calibrate(
         "notes": (
             f"engine-specific: dense_fixed_ms is for {n_layers} engine layers; the CPU op streams int8 "
             f"experts ({b} B) with torch._weight_int8pack_mm; the GPU call gathers int8 slots. "
-            f"CPU op fixed cost per layer {cpu_fixed * 1e6:.1f} us is inside handoff_us."
+            f"handoff_us is a layer with CPU experts minus its dense part and the experts' streaming "
+            f"(the parts: round trip {meas['handoff_roundtrip_us']:.1f} us + CPU op intercept "
+            f"{cpu_fixed * 1e6:.1f} us = {meas['handoff_parts_us']:.1f} us). gpu_mem_bw is the dense "
+            f"mat-vec, gpu_expert_bw the grouped expert call, both issued back to back."
         ),
     }
     return {"profile": profile, "measurements": meas}

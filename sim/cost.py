@@ -17,13 +17,17 @@ Decode path (a step of fewer than ``op_offload_min_batch`` tokens), mode ``cold-
     T = dense + attention + sum_l [ handoff_l + max(gpu_l, cpu_l) ] + blocking uploads + stall + contention
     dense      = dense_fixed_ms + gpu_dense_bytes / gpu_mem_bw + (n - 1) * gpu_prefill_ms_per_token
     attention  = pos * kv_bytes_per_token / gpu_mem_bw + 4 * n_head * head_dim * n_kv_layers * n * pos / flops
-    gpu_l      = gpu_expert_fixed_us + hot_distinct_l * b_l / gpu_mem_bw          (0 if no hot expert)
+    gpu_l      = gpu_expert_fixed_us + hot_distinct_l * b_l / gpu_expert_bw       (0 if no hot expert)
     cpu_l      = cold_distinct_l * b_l / cpu_expert_bw
     handoff_l  = handoff_us                                                      (0 if no cold expert)
 
-Mode ``fetch-on-miss`` (every expert computed on the GPU; misses uploaded first)::
+Mode ``fetch-on-miss`` (every expert computed on the GPU; misses uploaded first, then one expert op)::
 
-    layer_l = handoff_l + max(gpu_hot_l, miss_bytes_l / pcie_pinned_bw) + cold_distinct_l * b_l / gpu_mem_bw
+    layer_l = miss_sync_l + miss_bytes_l / pcie_pinned_bw + gpu_expert_fixed_us + (hot_l + cold_l) * b_l / gpu_expert_bw
+    miss_sync_l = miss_sync_us (default handoff_us)                         (0 if no cold expert)
+
+``gpu_expert_bw`` (default ``gpu_mem_bw``) prices the expert op, ``gpu_mem_bw`` the dense mat-vec and the
+KV read: the two kernels stream weights at different rates (docs/cost-model.md, the H200 runtime numbers).
 
 Uploads decided at step s (policy uploads; in fetch-on-miss minus those that reused a miss transfer) move
 ``bytes / pcie_pinned_bw`` (+ staging memcpy, + a per-layer sync): *blocking* policies add that to step
@@ -215,9 +219,9 @@ def attention_seconds(
 
 
 def gpu_expert_seconds(hot_distinct: np.ndarray, expert_bytes: np.ndarray, hw: HardwareProfile) -> np.ndarray:
-    """``(S, L)``: hot experts' mat-vecs on the GPU: ``fixed + hot * b_l / gpu_mem_bw`` (0 if none hot)."""
+    """``(S, L)``: hot experts' mat-vecs on the GPU: ``fixed + hot * b_l / gpu_expert_bw`` (0 if none hot)."""
     h = np.asarray(hot_distinct, dtype=np.float64)
-    t = h * expert_bytes[None, :] / (hw.gpu_mem_bw * _GB) + hw.gpu_expert_fixed_us * 1e-6
+    t = h * expert_bytes[None, :] / (hw.expert_bw * _GB) + hw.gpu_expert_fixed_us * 1e-6
     return np.where(h > 0, t, 0.0)
 
 
@@ -227,9 +231,13 @@ def cpu_expert_seconds(cold_distinct: np.ndarray, expert_bytes: np.ndarray, hw: 
     return c * expert_bytes[None, :] / (hw.cpu_expert_bw * _GB)
 
 
-def handoff_seconds(cold_distinct: np.ndarray, hw: HardwareProfile) -> np.ndarray:
-    """``(S, L)``: per-layer GPU<->CPU hand-off, charged where the layer has any cold expert."""
-    return np.where(np.asarray(cold_distinct) > 0, hw.handoff_us * 1e-6, 0.0)
+def handoff_seconds(cold_distinct: np.ndarray, hw: HardwareProfile, *, mode: str = "cold-cpu") -> np.ndarray:
+    """``(S, L)``: per-layer fixed cost of the layer's cold experts, charged where it has any:
+    ``handoff_us`` (GPU<->CPU hand-off) in ``cold-cpu`` mode, ``miss_sync_us`` in ``fetch-on-miss``."""
+    # NOTE: fetch-on-miss sends nothing to the CPU and waits for no CPU op: it pays at most for the host
+    # learning the routing to issue the copies (miss_sync_us), not the hand-off (runtime H200 results)
+    fixed = hw.miss_sync_s if mode == "fetch-on-miss" else hw.handoff_us * 1e-6
+    return np.where(np.asarray(cold_distinct) > 0, fixed, 0.0)
 
 
 def miss_fetch_seconds(cold_distinct: np.ndarray, expert_bytes: np.ndarray, hw: HardwareProfile) -> np.ndarray:
@@ -369,7 +377,7 @@ def evaluate(
     # ---- per-layer expert work (mat-vec steps)
     hot = np.where(mv[:, None], counts.hot_distinct, 0)
     cold = np.where(mv[:, None], counts.cold_distinct, 0)
-    handoff_l = handoff_seconds(cold, hw)
+    handoff_l = handoff_seconds(cold, hw, mode=mode)
     gpu_hot = gpu_expert_seconds(hot, b, hw)
     if mode == "cold-cpu":
         cpu_l = cpu_expert_seconds(cold, b, hw)
@@ -380,11 +388,13 @@ def evaluate(
         fetch_bytes = zeros.copy()
     else:
         fetch_l = miss_fetch_seconds(cold, b, hw)
-        gpu_cold = np.where(cold > 0, cold * b[None, :] / (hw.gpu_mem_bw * _GB), 0.0)
-        layer = np.maximum(gpu_hot, fetch_l) + gpu_cold
+        # NOTE: one expert op per layer reads every selected expert, so it starts once the misses have
+        # arrived (the copies precede it on the compute stream): fetch and compute are serial
+        gpu_all = gpu_expert_seconds(hot + cold, b, hw)
+        layer = fetch_l + gpu_all
         cpu_busy = zeros.copy()
         cpu_critical = zeros.copy()
-        gpu_busy = (gpu_hot + gpu_cold).sum(axis=1)
+        gpu_busy = gpu_all.sum(axis=1)
         fetch_bytes = (cold * b[None, :]).sum(axis=1)
     experts = layer.sum(axis=1)
     handoff = handoff_l.sum(axis=1)

@@ -95,6 +95,23 @@ class HardwareProfile:
     gpu_expert_fixed_us: float = _f(
         15.0, help="fixed GPU time per MoE layer that computes any expert on the GPU (launches)", unit="us"
     )
+    gpu_expert_bw: float | None = _f(
+        None,
+        help=(
+            "weight bytes per second of the GPU's routed-expert op (llama.cpp's mul_mat_id, the runtime's "
+            "grouped call) at batch 1; it can differ from the dense mat-vec's gpu_mem_bw (gather, "
+            "dequantisation, batched kernels); null = gpu_mem_bw"
+        ),
+        unit="GB/s",
+    )
+    miss_sync_us: float | None = _f(
+        None,
+        help=(
+            "fetch-on-miss: fixed cost per MoE layer that fetches any missing expert (the host learning the "
+            "layer's routing to issue the copies; no CPU op, no partial sum back); null = handoff_us"
+        ),
+        unit="us",
+    )
     gpu_prefill_ms_per_token: float = _f(
         0.9,
         help=(
@@ -155,8 +172,8 @@ class HardwareProfile:
                 raise ValueError(f"hardware field {f.name} must be a finite number, got {v!r}")
             if float(v) < 0:
                 raise ValueError(f"hardware field {f.name} must not be negative, got {v}")
-        for name in ("gpu_mem_bw", "pcie_pinned_bw", "cpu_expert_bw", "dram_bw", "pcie_pageable_bw"):
-            if float(getattr(self, name)) <= 0:
+        for name in ("gpu_mem_bw", "pcie_pinned_bw", "cpu_expert_bw", "dram_bw", "pcie_pageable_bw", "gpu_expert_bw"):
+            if getattr(self, name) is not None and float(getattr(self, name)) <= 0:
                 raise ValueError(f"hardware field {name} must be positive")
         if self.upload_contention is not None and self.upload_contention > 1:
             raise ValueError("upload_contention is a share in [0, 1]")
@@ -166,6 +183,16 @@ class HardwareProfile:
     def prefill_pcie_bw(self) -> float:
         """GB/s of the prefill op-offload copies (``pcie_prefill_bw`` or the pinned rate)."""
         return float(self.pcie_prefill_bw if self.pcie_prefill_bw is not None else self.pcie_pinned_bw)
+
+    @property
+    def expert_bw(self) -> float:
+        """GB/s of the GPU expert op (``gpu_expert_bw`` or ``gpu_mem_bw``)."""
+        return float(self.gpu_expert_bw if self.gpu_expert_bw is not None else self.gpu_mem_bw)
+
+    @property
+    def miss_sync_s(self) -> float:
+        """Seconds of the per-layer fixed cost of a fetch-on-miss layer (``miss_sync_us`` or ``handoff_us``)."""
+        return float(self.miss_sync_us if self.miss_sync_us is not None else self.handoff_us) * 1e-6
 
     @property
     def contention(self) -> float:

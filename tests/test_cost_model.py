@@ -135,11 +135,20 @@ def test_fetch_on_miss_mode():
     # layer 0: 1 hot 1 miss; layer 1: 2 misses; one upload of layer 1 reuses its miss transfer
     c = counts([[1, 0]], [[1, 2]], uploads=[[0, 2]], missed=[[0, 1]])
     cb = evaluate(c, tiny_model(), tiny_hw(), mode="fetch-on-miss", kv_type="f16")
-    l0 = max(15e-6 + 1e6 / 1000e9, 1e6 / 20e9) + 1e6 / 1000e9
-    l1 = max(0.0, 2 * 2e6 / 20e9) + 2 * 2e6 / 1000e9
+    # fetch first, then one GPU expert op over hot + fetched experts (serial: the op needs every weight)
+    l0 = 1e6 / 20e9 + 15e-6 + 2 * 1e6 / 1000e9
+    l1 = 2 * 2e6 / 20e9 + 15e-6 + 2 * 2e6 / 1000e9
     assert cb.terms["experts"][0] == pytest.approx(l0 + l1)
-    assert cb.terms["handoff"][0] == pytest.approx(2 * 70e-6)
+    assert cb.terms["handoff"][0] == pytest.approx(2 * 70e-6)  # miss_sync_us unset: handoff_us
     assert cb.fetch_bytes[0] == pytest.approx(1e6 + 4e6)
+    # a separate miss sync and a separate expert-op rate are used where given
+    hw2 = tiny_hw(miss_sync_us=5.0, gpu_expert_bw=500.0)
+    cb2 = evaluate(c, tiny_model(), hw2, mode="fetch-on-miss", kv_type="f16")
+    assert cb2.terms["handoff"][0] == pytest.approx(2 * 5e-6)
+    l0b = 1e6 / 20e9 + 15e-6 + 2 * 1e6 / 500e9
+    l1b = 2 * 2e6 / 20e9 + 15e-6 + 2 * 2e6 / 500e9
+    assert cb2.terms["experts"][0] == pytest.approx(l0b + l1b)
+    assert cb2.terms["dense"][0] == pytest.approx(cb.terms["dense"][0])  # dense still at gpu_mem_bw
     assert cb.upload_bytes[0] == pytest.approx(2e6)  # 2 uploads - 1 reused
     assert cb.terms["upload_blocking"][0] == pytest.approx(2e6 / 20e9 + 20e-6)
 
