@@ -95,3 +95,111 @@ def test_make_bad_input_is_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip()
     assert err.startswith("hotexperts: error:") and message in err and "\n" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- bench llamacpp
+
+BENCH_KEYS = {
+    "model", "placement", "prompt_tokens", "gen_tokens", "threads", "reps", "prefill_tok_s",
+    "decode_tok_s", "device", "llama_cpp_python", "date",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tiny_spec: Path) -> Path:
+    out = tmp_path_factory.mktemp("model") / "tiny.gguf"
+    assert main(["model", "make", "--like", str(tiny_spec), "--layers", "3", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_extra_bufts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NOTE: llama.cpp's AMX/repack CPU buffers die with SIGILL for q8_0 in some sandboxes
+    # (tracer/capture.py); the plain CPU buffer computes the same thing.
+    monkeypatch.setenv("HOTEXPERTS_NO_EXTRA_BUFTS", "1")
+
+
+def _tensor_names(path: Path) -> list[str]:
+    import gguf
+
+    return [t.name for t in gguf.GGUFReader(path, "r").tensors]
+
+
+def _bench(model: Path, out: Path, placement: str, *extra: str) -> dict:
+    args = ["bench", "llamacpp", str(model), "--placement", placement, "--prompt-tokens", "24",
+            "--gen-tokens", "5", "--threads", "1", "--reps", "3", "--out", str(out), *extra]
+    assert main(args) == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_all_cpu_json_and_repetitions(tiny_model: Path, tmp_path: Path) -> None:
+    import statistics
+
+    r = _bench(tiny_model, tmp_path / "r.json", "all-cpu")
+    assert BENCH_KEYS <= set(r)
+    assert (r["placement"], r["prompt_tokens"], r["gen_tokens"], r["threads"], r["reps"]) == ("all-cpu", 24, 5, 1, 3)
+    assert r["n_gpu_layers"] == 0 and r["overridden_tensors"] == {}
+    for key in ("prefill_tok_s", "decode_tok_s"):
+        s = r[key]
+        assert len(s["all"]) == 3 and all(v > 0 for v in s["all"])
+        assert s["median"] == statistics.median(s["all"])
+        assert (s["min"], s["max"]) == (min(s["all"]), max(s["all"]))
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_bench_override_patterns_are_applied(tiny_model: Path, tmp_path: Path) -> None:
+    import re
+
+    names = _tensor_names(tiny_model)
+    pattern = r"blk\.[12]\.ffn_(up|gate)_exps"
+    r = _bench(tiny_model, tmp_path / "ot.json", f"-ot {pattern}=CPU")
+    # llama.cpp's own log lines say which tensors it overrode: exactly those the regex finds
+    want = {n for n in names if re.search(pattern, n)}
+    assert len(want) == 4
+    assert r["overridden_tensors"] == dict.fromkeys(sorted(want), "CPU")
+    assert r["n_gpu_layers"] == 999
+    # --n-cpu-moe 2 = all three expert tensors of layers 0 and 1
+    r = _bench(tiny_model, tmp_path / "moe.json", "n-cpu-moe=2")
+    want = {f"blk.{il}.ffn_{w}_exps.weight" for il in (0, 1) for w in ("up", "gate", "down")}
+    assert set(r["overridden_tensors"]) == want
+    assert len(r["decode_tok_s"]["all"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("placement", "message"),
+    [
+        ("sideways", "unknown --placement"),
+        ("n-cpu-moe=4", "N must be in 0..3"),
+        ("n-cpu-moe=x", "must be an integer"),
+        ("-ot blk[=CPU", "invalid regular expression"),
+        ("-ot blk=NOPE", "unknown buffer type 'NOPE'"),
+        ("-ot", "no REGEX=BUFFER_TYPE"),
+    ],
+)
+def test_bench_bad_placement_errors_cleanly(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], placement: str, message: str
+) -> None:
+    out = tmp_path / "r.json"
+    assert main(["bench", "llamacpp", str(tiny_model), f"--placement={placement}", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hotexperts: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_bench_capture_is_the_routing_of_the_same_tokens(tiny_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from hotexperts.tracer.capture import run_capture
+    from hotexperts.tracer.trace import Trace
+
+    _bench(tiny_model, tmp_path / "c.json", "n-cpu-moe=1", "--capture", str(tmp_path / "c.hxt"), "--seed", "7")
+    tr = Trace.load(tmp_path / "c.hxt")
+    assert (tr.n_prefill_tokens, tr.n_decode_tokens) == (24, 5)
+    # independent run of the tracer on the same prompt ids (numpy default_rng(7), 259-token vocab)
+    prompt = [int(t) for t in np.random.default_rng(7).integers(0, 259, 24)]
+    ref = run_capture(tiny_model, [prompt], n_predict=0, n_ctx=64, n_ubatch=512, extra_bufts=False).trace
+    pre = np.asarray(tr.phase) == 0
+    assert ref.n_tokens == 24
+    np.testing.assert_array_equal(tr.experts[pre], ref.experts)
+    # the last layer routes only the prompt's last token in both runs (llama.cpp's inp_out_ids)
+    np.testing.assert_array_equal(tr.present[pre], ref.present)

@@ -248,11 +248,14 @@ class _Libs:
                 f"hotexperts' declaration: unsupported llama-cpp-python version {self.version}"
             )
         self.log_lines: list[str] = []
+        # NOTE: lines of llama.cpp's log kept for error messages; a caller that inspects a whole
+        # model load (hotexperts.llamabench: tensor placement) raises it for that call.
+        self.log_keep = 20
 
         def _log(level: int, text: bytes | None, user_data: Any) -> None:
             if text:
                 self.log_lines.append(text.decode("utf-8", "replace"))
-                del self.log_lines[:-20]
+                del self.log_lines[: -self.log_keep]
 
         # NOTE: keep a reference: ctypes callbacks must outlive their registration.
         self._log_cb = llama_cpp.llama_log_callback(_log)
@@ -607,7 +610,7 @@ def _decode(
     lc: Any,
     ctx: Any,
     batch: Any,
-    rec: _Recorder,
+    rec: _Recorder | None,
     toks: Sequence[int],
     pos0: int,
     outputs: Sequence[bool],
@@ -621,11 +624,12 @@ def _decode(
         batch.n_seq_id[j] = 1
         batch.seq_id[j][0] = 0
         batch.logits[j] = 1 if outputs[j] else 0
-    rec.reset()
+    if rec is not None:
+        rec.reset()
     t0 = time.perf_counter()
     rc = lc.llama_decode(ctx, batch)
     dt = time.perf_counter() - t0
-    if rec.error is not None:
+    if rec is not None and rec.error is not None:
         err, rec.error = rec.error, None
         raise RuntimeError(f"routing capture failed inside the eval callback: {err!r}") from err
     if rc != 0:
