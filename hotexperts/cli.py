@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hotexperts.sim.cli",
     "hotexperts.studies.cli",
     "hotexperts.runtime.cli",
+    "hotexperts.llamacli",
 )
 
 
