@@ -8,7 +8,10 @@
 #   LAYERS  engine MoE layers (default 12: 29 GB of int8 Qwen3.5-122B-shaped experts in host RAM)
 #   TOKENS  measured decode tokens per configuration (default 200, after 16 warm-up tokens)
 # Environment: WHEELS (default REPO/.whl), MODEL (default qwen3.5-122b-a10b-q4_k_l), PYTHON (default python3), THREADS (default all),
-#   DEVICE (default cuda; cpu for a dry run of the script on a machine without a GPU).
+#   DEVICE (default cuda; cpu for a dry run of the script on a machine without a GPU),
+#   TUNE_TRIALS (default 0 = skip; N > 0: `hotexperts tune` with the calibrated hw.json on the engine's model
+#   at the VRAM of the fork default K=44, then its pick and the fork default K=44 I60 run live into
+#   OUTDIR/tune-live, see benchmarks/tune_live.py).
 set -euo pipefail
 OUTDIR="${1:?usage: gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]}"
 TRACE="${2:?usage: gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]}"
@@ -18,6 +21,8 @@ MODEL="${MODEL:-qwen3.5-122b-a10b-q4_k_l}"
 PY="${PYTHON:-python3}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"  # the script changes directory below
+TRACE="$(realpath "$TRACE")"
 LOG="$OUTDIR/log.txt"
 exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-/tmp/hx-numba}"
@@ -50,5 +55,12 @@ time "$PY" -m hotexperts calibrate --model "$MODEL" --layers "$LAYERS" "${THR[@]
 echo "== validate"
 time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR" \
   --layers "$LAYERS" --tokens "$TOKENS" "${THR[@]}"
+if [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
+  echo "== tune with hw.json, then its pick and the fork default live"
+  time "$PY" "$REPO/benchmarks/tune_live.py" "$OUTDIR/tune-live" "$OUTDIR/hw.json" "$TRACE" --layers "$LAYERS" \
+    --trials "$TUNE_TRIALS" --model "$MODEL"
+  time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR/tune-live" \
+    --configs "$OUTDIR/tune-live/tune-configs.json" --layers "$LAYERS" --tokens "$TOKENS" "${THR[@]}"
+fi
 echo "== done: $OUTDIR"
 ls -l "$OUTDIR"

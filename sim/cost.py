@@ -31,8 +31,9 @@ KV read: the two kernels stream weights at different rates (docs/cost-model.md, 
 
 Uploads decided at step s (policy uploads; in fetch-on-miss minus those that reused a miss transfer) move
 ``bytes / pcie_pinned_bw`` (+ staging memcpy, + a per-layer sync): *blocking* policies add that to step
-s; *overlapped* policies run it during step s+1, where the part longer than the step's compute stalls and
-the overlap slows the CPU experts by the DRAM-contention share (:attr:`HardwareProfile.contention`).
+s; *overlapped* policies run it during step s+1 in layer order, where layer l waits until its own slots
+are written (:func:`overlapped_stall_seconds`) and the overlap slows the CPU experts by the DRAM-contention
+share (:attr:`HardwareProfile.contention`).
 
 Batched path (a step of at least ``op_offload_min_batch`` tokens; prompt ubatches)::
 
@@ -70,6 +71,7 @@ __all__ = [
     "handoff_seconds",
     "miss_fetch_seconds",
     "upload_seconds",
+    "overlapped_stall_seconds",
     "prefill_copy_bytes",
     "evaluate",
     "prefill_throughput",
@@ -256,6 +258,42 @@ def upload_seconds(upload_bytes: np.ndarray, layers_with_uploads: np.ndarray, hw
     return t + np.asarray(layers_with_uploads, dtype=np.float64) * hw.upload_layer_fixed_us * 1e-6
 
 
+def overlapped_stall_seconds(
+    uploads: np.ndarray,
+    expert_bytes: np.ndarray,
+    hw: HardwareProfile,
+    layer_seconds: np.ndarray,
+    compute: np.ndarray,
+    shared_seconds: np.ndarray,
+    matvec: np.ndarray,
+) -> np.ndarray:
+    """``(S,)``: stall of step s+1 waiting for the overlapped uploads decided at step s.
+
+    The uploads stream in layer order (one copy stream) from the start of step s+1; layer ``l`` of that
+    step may start only once its own slots are written, i.e. after the uploads of layers ``0..l``:
+    ``stall = max(0, max_l(U_l - C_l))`` with ``U_l`` the upload time of layers ``<= l`` and ``C_l`` the
+    compute of the layers before ``l`` (``layer_seconds`` per layer plus an even share of the step's
+    dense and attention time, ``shared_seconds``). Batched steps keep the whole-step form
+    ``max(0, U_L - compute)``.
+    """
+    up = np.asarray(uploads, dtype=np.float64)
+    S, L = up.shape
+    if S == 0:
+        return np.zeros(0)
+    t_l = up * expert_bytes[None, :] / (hw.pcie_pinned_bw * _GB)
+    if hw.staging_copy_bw:
+        t_l = t_l + up * expert_bytes[None, :] / (hw.staging_copy_bw * _GB)
+    t_l = t_l + np.where(up > 0, hw.upload_layer_fixed_us * 1e-6, 0.0)
+    # NOTE: uploads decided at step s are waited for in step s+1
+    inc = np.vstack([np.zeros((1, L)), t_l[:-1]])
+    U = np.cumsum(inc, axis=1)
+    per_layer = np.asarray(layer_seconds, np.float64) + np.asarray(shared_seconds, np.float64)[:, None] / max(L, 1)
+    C = np.cumsum(per_layer, axis=1) - per_layer  # compute before layer l starts
+    by_layer = np.maximum((U - C).max(axis=1), 0.0)
+    whole = np.maximum(U[:, -1] - np.asarray(compute, np.float64), 0.0)
+    return np.where(np.asarray(matvec, np.bool_), by_layer, whole)
+
+
 def prefill_copy_bytes(
     model: ModelSpec, slots: np.ndarray, bypass: np.ndarray, expert_bytes: np.ndarray | None = None
 ) -> np.ndarray:
@@ -420,7 +458,7 @@ def evaluate(
     else:
         # uploads decided at step s stream during step s+1 (the last step's after the run: no cost)
         incoming = np.concatenate(([0.0], up_time[:-1])) if S else zeros
-        upload_stall = np.maximum(incoming - compute, 0.0)
+        upload_stall = overlapped_stall_seconds(up, b, hw, layer + handoff_l, compute, dense + attention, mv)
         if mode == "cold-cpu":
             c = hw.contention
             if c > 0:
