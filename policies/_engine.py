@@ -173,7 +173,7 @@ def decode_mask(prep: Prepared) -> np.ndarray:
 # --------------------------------------------------------------------------- numba helpers
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def present_tokens(present, has_present, a, b, ly):
     """Tokens of ``[a, b)`` present on layer ``ly``."""
     if not has_present:
@@ -184,7 +184,7 @@ def present_tokens(present, has_present, a, b, ly):
     return m
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def step_stats(experts, present, has_present, a, b, ly, s, bypass, slot_of, mark, stats, dist):
     """Fill the statistics of step ``s`` (tokens ``[a, b)``) for layer ``ly``.
 
@@ -222,7 +222,7 @@ def step_stats(experts, present, has_present, a, b, ly, s, bypass, slot_of, mark
     return nd, m
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev):
     """Upload expert ``e`` into slot ``slot`` of layer ``ly`` at step ``s`` (evicting the occupant)."""
     old = resident[ly, slot]

@@ -29,7 +29,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from hotexperts.policies._engine import COLD, HIT, HOT, SEL, Policy, Prepared, put
+from hotexperts.policies._engine import COLD, HIT, HOT, SEL, UP, UPM, Policy, Prepared
 
 __all__ = ["Lru"]
 
@@ -63,20 +63,20 @@ class Lru(Policy):
 
 
 @njit(cache=True, nogil=True)
-def _compact(ly, ring, where, front, clock, mask):
-    """Drop the dead entries of layer ``ly``'s recency log: rewrite the live ones, oldest first."""
+def _compact(ly, ring, last, front, clock, mask):
+    """Drop the stale entries of layer ``ly``'s recency log: re-stamp the live ones, oldest first."""
     clk = clock[ly]
     n = 0
     live = np.empty(mask + 1, np.int64)
     for f in range(front[ly], clk + 1):
         q = ring[ly, f & mask]
-        if q >= 0:
+        if last[ly, q] == f:
             live[n] = q
             n += 1
     for i in range(n):
         clk += 1
         ring[ly, clk & mask] = live[i]
-        where[ly, live[i]] = clk & mask
+        last[ly, live[i]] = clk
     front[ly] = clk - n + 1
     clock[ly] = clk
 
@@ -84,12 +84,11 @@ def _compact(ly, ring, where, front, clock, mask):
 @njit(cache=True, nogil=True)
 def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, inserts, observe_max,
                stats, resident, slot_of, ev):
-    # NOTE: recency as in the source (``last_use = ++clock`` on every touch, victim = smallest), kept as a
-    # log: a ring indexed by a per-layer clock holds the slot touched at each time; a touch appends the
-    # slot and kills (-1) its previous entry (``where`` = its ring index), so the oldest live entry is the
-    # least recently used slot. Dead entries are skipped once (amortised O(1) victim choice, a sequential
-    # scan); a full ring is compacted to its live entries. Touches are branch-free: a miss touches a dummy
-    # slot whose entry lives in a spare cell past the ring, and the clock does not move.
+    # NOTE: recency as in the source (``last[slot] = ++clock`` on every touch, victim = smallest ``last``),
+    # plus a log: a ring indexed by the per-layer clock holds the slot touched at each time, so the oldest
+    # entry whose slot still carries that time is the least recently used slot. Stale entries are skipped
+    # once (amortised O(1) victim choice); a full ring is compacted to its live entries. Touches are two
+    # stores and no branch: a miss writes a dummy slot one past the clock, and the clock does not move.
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
@@ -101,8 +100,8 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
     while r < 4 * (max_slots + need):
         r *= 2
     mask = r - 1
-    ring = np.full((n_layers, r + 1), -1, np.int32)
-    where = np.full((n_layers, max_slots + 1), r, np.int64)  # ring index of each slot's live entry
+    ring = np.zeros((n_layers, r), np.int32)
+    last = np.full((n_layers, max_slots + 1), -1, np.int64)
     clock = np.zeros(n_layers, np.int64)
     front = np.ones(n_layers, np.int64)
     mark = np.zeros((n_layers, n_expert), np.int32)
@@ -122,6 +121,8 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
             nd = 0
             m = 0
             npend = 0
+            n_up = 0
+            n_upm = 0
             if not observe:
                 for t in range(a, b):
                     if has_present and not present[t, ly]:
@@ -137,7 +138,7 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                             n_hot += res
             else:
                 if clock[ly] + need - front[ly] >= r - 1:
-                    _compact(ly, ring, where, front, clock, mask)
+                    _compact(ly, ring, last, front, clock, mask)
                 clk = clock[ly]
                 for t in range(a, b):
                     if has_present and not present[t, ly]:
@@ -155,13 +156,12 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                             n_hot += res
                             pending[npend] = e
                             npend += 1 - rs
-                        # touch: a resident slot moves to the clock's next cell; a miss touches the dummy
-                        q = slot + ((slot >> 63) & (dummy + 1))
-                        ring[ly, where[ly, q]] = -1
-                        w = ((clk + 1) & mask) * rs + r * (1 - rs)
-                        ring[ly, w] = q
-                        where[ly, q] = w
+                        # touch: a resident slot gets last = ++clock; a miss writes the dummy slot
+                        # NOTE: indices through uint32 are known non-negative: no wraparound code
+                        q = np.intp(np.uint32(slot + ((slot >> 63) & (dummy + 1))))
+                        ring[ly, np.intp(np.uint32((clk + 1) & mask))] = q
                         clk += rs
+                        last[ly, q] = clk
                 k = slots[ly]
                 budget = inserts
                 i = npend - 1
@@ -176,7 +176,7 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                         filled[ly] += 1
                     else:
                         f = front[ly]
-                        while f <= clk and ring[ly, f & mask] < 0:
+                        while f <= clk and last[ly, np.intp(np.uint32(ring[ly, np.intp(np.uint32(f & mask))]))] != f:
                             f += 1
                         front[ly] = f
                         if f > clk:
@@ -186,15 +186,30 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                             # in-flight slots carry the newest times: the oldest live one is in flight
                             # only when every slot is
                             break
-                    n_ev = put(ly, slot, e, s, resident, slot_of, mark, stats, ev, n_ev)
+                    # put (written out: a call would incref/decref every array argument atomically)
+                    old = resident[ly, slot]
+                    if old >= 0:
+                        slot_of[ly, old] = -1
+                    resident[ly, slot] = e
+                    slot_of[ly, e] = slot
+                    n_up += 1
+                    n_upm += np.int64(mark[ly, e] == 2 * st + 1)
+                    if n_ev < ev.shape[0]:
+                        ev[n_ev, 0] = s
+                        ev[n_ev, 1] = ly
+                        ev[n_ev, 2] = slot
+                        ev[n_ev, 3] = e
+                        ev[n_ev, 4] = old
+                    n_ev += 1
                     inflight[ly, slot] = st
                     clk += 1
-                    ring[ly, where[ly, slot]] = -1
                     ring[ly, clk & mask] = slot
-                    where[ly, slot] = clk & mask
+                    last[ly, slot] = clk
                 clock[ly] = clk
             stats[SEL, s, ly] = m * top_k
             stats[HIT, s, ly] = n_hit
             stats[HOT, s, ly] = n_hot
             stats[COLD, s, ly] = nd - n_hot
+            stats[UP, s, ly] = n_up
+            stats[UPM, s, ly] = n_upm
     return n_ev
