@@ -49,7 +49,10 @@ class HardwareProfile:
     name: str = _f(help="profile name (a preset name or a free label)")
     vram_bytes: int = _f(help="total GPU memory in bytes (what nvidia-smi reports as total)", unit="B")
     gpu_mem_bw: float = _f(
-        help="achieved VRAM read bandwidth of expert/dense mat-vecs at batch 1 (not the datasheet peak)",
+        help=(
+            "achieved VRAM read bandwidth of the dense mat-vecs (and the KV read) at batch 1, not the "
+            "datasheet peak; also the expert op's rate unless gpu_expert_bw is set"
+        ),
         unit="GB/s",
     )
     pcie_pinned_bw: float = _f(help="host->device copy rate from pinned (page-locked) memory", unit="GB/s")
