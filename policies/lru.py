@@ -62,6 +62,9 @@ class Lru(Policy):
         )
 
 
+_TZ8 = np.array([(i & -i).bit_length() - 1 if i else 8 for i in range(256)], np.int64)  # trailing zeros
+
+
 @njit(cache=True, nogil=True)
 def _compact(ly, ring, last, front, clock, mask):
     """Drop the stale entries of layer ``ly``'s recency log: re-stamp the live ones, oldest first."""
@@ -69,10 +72,9 @@ def _compact(ly, ring, last, front, clock, mask):
     n = 0
     live = np.empty(mask + 1, np.int64)
     for f in range(front[ly], clk + 1):
-        q = ring[ly, f & mask]
-        if last[ly, q] == f:
-            live[n] = q
-            n += 1
+        q = np.intp(np.uint32(ring[ly, np.intp(np.uint32(f & mask))]))
+        live[n] = q
+        n += np.int64(last[ly, q] == f)  # branch-free: most entries are stale
     for i in range(n):
         clk += 1
         ring[ly, clk & mask] = live[i]
@@ -175,12 +177,23 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                         slot = filled[ly]
                         filled[ly] += 1
                     else:
+                        # oldest live entry, tested 8 at a time (one well-predicted branch instead of a
+                        # loop exit per victim; a cell past the clock is never live: last <= clock)
                         f = front[ly]
-                        while f <= clk and last[ly, np.intp(np.uint32(ring[ly, np.intp(np.uint32(f & mask))]))] != f:
-                            f += 1
-                        front[ly] = f
+                        while f <= clk:
+                            hit8 = 0
+                            for u in range(8):
+                                g = f + u
+                                qq = np.intp(np.uint32(ring[ly, np.intp(np.uint32(g & mask))]))
+                                hit8 |= np.int64(last[ly, qq] == g) << u
+                            if hit8 != 0:
+                                f += _TZ8[hit8 & 255]
+                                break
+                            f += 8
                         if f > clk:
+                            front[ly] = clk + 1
                             break
+                        front[ly] = f
                         slot = np.intp(ring[ly, f & mask])
                         if inflight[ly, slot] == st:
                             # in-flight slots carry the newest times: the oldest live one is in flight
