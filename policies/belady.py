@@ -8,7 +8,8 @@ index) if it is used again at all, else replaces the resident whose next use is 
 id) when its own next use is sooner; otherwise it and every later candidate is bypassed.
 
 Implementation: next uses precomputed per layer in one backward pass; the residents' next uses in a
-binary max-heap with lazy deletion, so a replay is O(n log K) (n = distinct (step, expert) requests).
+binary max-heap with lazy deletion (rebuilt from the residents when it grows past 4K + 64 entries), so a
+replay is O(n log K) (n = distinct (step, expert) requests).
 Layers are independent and replayed one after the other, so memory is O(n of one layer).
 
 Parameters: ``decode_only`` (only decode steps are requests; prefill steps neither drive decisions nor
@@ -53,41 +54,6 @@ class Belady(Policy):
             belady_kernel(prep.experts, prep.present, prep.has_present, prep.bounds, bypass, request,
                           prep.n_expert, slots.astype(np.int64), stats, resident, slot_of, ev)
         )
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _hpush(heap, n, key):
-    i = n
-    heap[i] = key
-    while i > 0:
-        p = (i - 1) >> 1
-        if heap[p] >= heap[i]:
-            break
-        tmp = heap[p]
-        heap[p] = heap[i]
-        heap[i] = tmp
-        i = p
-    return n + 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _hpop(heap, n):
-    n -= 1
-    heap[0] = heap[n]
-    i = 0
-    while True:
-        c = 2 * i + 1
-        if c >= n:
-            break
-        if c + 1 < n and heap[c + 1] > heap[c]:
-            c += 1
-        if heap[i] >= heap[c]:
-            break
-        tmp = heap[c]
-        heap[c] = heap[i]
-        heap[i] = tmp
-        i = c
-    return n
 
 
 @njit(cache=True, nogil=True)
@@ -149,20 +115,59 @@ def belady_kernel(experts, present, has_present, bounds, bypass, request, n_expe
             step_stats(experts, present, has_present, a, b, ly, s, bypass[s], slot_of, smark, stats, dist)
             if not request[s] or k <= 0:
                 continue
+            if hn > 4 * k + 64:
+                # NOTE: stale entries (residents requested again) sink and are never popped; rebuilding
+                # from the residents' current keys keeps the heap O(K) and every operation O(log K)
+                hn = 0
+                for q in range(filled):
+                    e = np.int64(resident[ly, q])
+                    # heap push (written out: a numba call increfs/decrefs each array argument atomically)
+                    hi = hn
+                    heap[hi] = cur_next[e] * n_expert + e
+                    hn += 1
+                    while hi > 0:
+                        hp = (hi - 1) >> 1
+                        if heap[hp] >= heap[hi]:
+                            break
+                        htmp = heap[hp]
+                        heap[hp] = heap[hi]
+                        heap[hi] = htmp
+                        hi = hp
             nc = 0
             for i in range(off[s], off[s + 1]):
                 e = ids[i]
                 if slot_of[ly, e] >= 0:
                     cur_next[e] = nxt[i]
-                    hn = _hpush(heap, hn, nxt[i] * n_expert + e)
+                    # heap push (written out: a numba call increfs/decrefs each array argument atomically)
+                    hi = hn
+                    heap[hi] = nxt[i] * n_expert + e
+                    hn += 1
+                    while hi > 0:
+                        hp = (hi - 1) >> 1
+                        if heap[hp] >= heap[hi]:
+                            break
+                        htmp = heap[hp]
+                        heap[hp] = heap[hi]
+                        heap[hi] = htmp
+                        hi = hp
                 else:
                     cand[nc] = nxt[i] * n_expert + e
                     nc += 1
             if nc == 0:
                 continue
-            cs = np.sort(cand[:nc])
+            if nc <= 32:
+                # NOTE: in-place insertion sort: np.sort would allocate on every step
+                for ci in range(1, nc):
+                    key = cand[ci]
+                    cj = ci - 1
+                    while cj >= 0 and cand[cj] > key:
+                        cand[cj + 1] = cand[cj]
+                        cj -= 1
+                    cand[cj + 1] = key
+            else:
+                cand[:nc] = np.sort(cand[:nc])
             for ci in range(nc):
-                key = cs[ci]
+                key = cand[ci]
                 nu = key // n_expert
                 e = key - nu * n_expert
                 if nu >= inf:
@@ -177,12 +182,53 @@ def belady_kernel(experts, present, has_present, bounds, bypass, request, n_expe
                         te = top % n_expert
                         if slot_of[ly, te] >= 0 and cur_next[te] * n_expert + te == top:
                             break
-                        hn = _hpop(heap, hn)
+                        # heap pop
+                        hn -= 1
+                        heap[0] = heap[hn]
+                        hi = 0
+                        while True:
+                            hc = 2 * hi + 1
+                            if hc >= hn:
+                                break
+                            if hc + 1 < hn and heap[hc + 1] > heap[hc]:
+                                hc += 1
+                            if heap[hi] >= heap[hc]:
+                                break
+                            htmp = heap[hc]
+                            heap[hc] = heap[hi]
+                            heap[hi] = htmp
+                            hi = hc
                     if hn == 0 or heap[0] // n_expert <= nu:
                         break
                     slot = slot_of[ly, heap[0] % n_expert]
-                    hn = _hpop(heap, hn)
+                    # heap pop
+                    hn -= 1
+                    heap[0] = heap[hn]
+                    hi = 0
+                    while True:
+                        hc = 2 * hi + 1
+                        if hc >= hn:
+                            break
+                        if hc + 1 < hn and heap[hc + 1] > heap[hc]:
+                            hc += 1
+                        if heap[hi] >= heap[hc]:
+                            break
+                        htmp = heap[hc]
+                        heap[hc] = heap[hi]
+                        heap[hi] = htmp
+                        hi = hc
                 n_ev_total = put(ly, slot, e, s, resident, slot_of, smark, stats, ev, n_ev_total)
                 cur_next[e] = nu
-                hn = _hpush(heap, hn, key)
+                # heap push (written out: a numba call increfs/decrefs each array argument atomically)
+                hi = hn
+                heap[hi] = key
+                hn += 1
+                while hi > 0:
+                    hp = (hi - 1) >> 1
+                    if heap[hp] >= heap[hi]:
+                        break
+                    htmp = heap[hp]
+                    heap[hp] = heap[hi]
+                    heap[hi] = htmp
+                    hi = hp
     return n_ev_total
