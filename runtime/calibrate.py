@@ -104,7 +104,9 @@ def calibrate(
     """Run the microbenchmarks; return ``{"profile": HardwareProfile fields, "measurements": raw tables}``."""
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     cuda = device == "cuda"
-    threads = int(cpu_threads or os.cpu_count() or 1)
+    from hotexperts.runtime.engine import default_cpu_threads
+
+    threads = int(cpu_threads or default_cpu_threads(str(device)))
     torch.set_num_threads(threads)
     shape = EngineShape.from_spec(model, n_layers=n_layers)
     # NOTE: two layers are enough for the parts; the CPU op's experts are drawn at random from all

@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
     c.add_argument("--out", required=True, metavar="HW.json", help="hardware profile to write")
     c.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help=f"model preset or GGUF (default {DEFAULT_MODEL})")
     c.add_argument("--layers", type=int, default=12, metavar="L", help="engine layers the profile is for (default 12)")
-    c.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    c.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for the cold experts (default: all cores, less one on a GPU for the thread issuing GPU work)")
     c.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="GPU side device (default cuda)")
     c.add_argument("--reps", type=int, default=20, metavar="N", help="repetitions per timing (median; default 20)")
     c.set_defaults(func=_calibrate)
@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
     v.add_argument("--layers", type=int, default=12, metavar="L", help="engine MoE layers (default 12)")
     v.add_argument("--tokens", type=int, default=200, metavar="N", help="measured decode tokens per config (default 200)")
     v.add_argument("--warmup", type=int, default=16, metavar="N", help="decode tokens run before measuring (default 16)")
-    v.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads (default: all cores)")
+    v.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for the cold experts (default: all cores, less one on a GPU for the thread issuing GPU work)")
     v.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="GPU side device (default cuda)")
     v.set_defaults(func=_validate)
 
@@ -83,7 +83,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     p = cal["profile"]
     print(
         f"wrote {args.out} (raw tables {raw}): pcie {p['pcie_pinned_bw']:.1f} GB/s pinned, CPU experts "
-        f"{p['cpu_expert_bw']:.1f} GB/s, GPU experts {p['gpu_mem_bw']:.0f} GB/s, hand-off {p['handoff_us']:.0f} us, "
+        f"{p['cpu_expert_bw']:.1f} GB/s, GPU experts {(p.get('gpu_expert_bw') or p['gpu_mem_bw']):.0f} GB/s, hand-off {p['handoff_us']:.0f} us, "
         f"dense {p['dense_fixed_ms']:.2f} ms/token"
     )
     return 0
