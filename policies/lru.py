@@ -96,7 +96,14 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
     top_k = experts.shape[2]
     max_slots = resident.shape[1]
     dummy = max_slots
-    width = max(0, observe_max) * top_k  # touches (and pending) per observed step and layer, at most
+    # touches (and pending) per observed step and layer, at most: from the trace's largest observed step
+    # (not from observe_max, which may be huge), so the ring stays small
+    longest = 0
+    for s in range(n_steps):
+        w = bounds[s + 1] - bounds[s]
+        if w <= observe_max and w > longest:
+            longest = w
+    width = longest * top_k
     need = width + min(max(inserts, 0), width) + 2
     r = 1024
     while r < 4 * (max_slots + need):
