@@ -116,7 +116,6 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
     mark = np.zeros((n_layers, n_expert), np.int32)
     pending = np.empty(n_expert + 1, np.int64)
     filled = np.zeros(n_layers, np.int64)
-    inflight = np.zeros((n_layers, max(1, max_slots)), np.int32)
     n_ev = 0
     for s in range(n_steps):
         a = bounds[s]
@@ -174,6 +173,7 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                 k = slots[ly]
                 budget = inserts
                 i = npend - 1
+                clk0 = clk  # slots filled from here on are in flight (they get later times)
                 while i >= 0 and budget > 0:
                     e = pending[i]
                     i -= 1
@@ -201,11 +201,11 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                             front[ly] = clk + 1
                             break
                         front[ly] = f
-                        slot = np.intp(ring[ly, f & mask])
-                        if inflight[ly, slot] == st:
+                        if f > clk0:
                             # in-flight slots carry the newest times: the oldest live one is in flight
                             # only when every slot is
                             break
+                        slot = np.intp(np.uint32(ring[ly, np.intp(np.uint32(f & mask))]))
                     # put (written out: a call would incref/decref every array argument atomically)
                     old = resident[ly, slot]
                     if old >= 0:
@@ -221,7 +221,6 @@ def lru_kernel(experts, present, has_present, bounds, bypass, n_expert, slots, i
                         ev[n_ev, 3] = e
                         ev[n_ev, 4] = old
                     n_ev += 1
-                    inflight[ly, slot] = st
                     clk += 1
                     ring[ly, clk & mask] = slot
                     last[ly, slot] = clk
