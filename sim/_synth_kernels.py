@@ -33,8 +33,11 @@ _INV53 = 1.0 / 9007199254740992.0
 _DEC_EDGES = np.array([1, 2, 4, 8, 16, 32, 64], np.int64)
 N_DEC_BINS = 8
 # stats vector: 8 decode bins, prefill bins (d=1, 2..8, farther), top-8 / top-32 shares of decode
-# counts, drift overlap of decode hot sets (top-32 of the first vs the second half)
-N_STATS = N_DEC_BINS + 3 + 3
+# counts, drift overlap of decode hot sets (top-32 of the first vs the second half), then the tail and
+# hot-core statistics: decode picks of experts never used before in the request, top-128 share of
+# decode counts, persistence of the top-8 across consecutive decode windows
+N_STATS = N_DEC_BINS + 3 + 3 + 3
+PERSIST_WINDOW = 32  # decode tokens per window of the top-8 persistence statistic
 
 
 @njit(inline="always", cache=True)
@@ -96,6 +99,8 @@ def sample_routing(
     copy_far,
     dist_cdf,
     zipf_exponent,
+    tail_exponent,
+    tail_knee,
     request_share,
     sigma_drift,
     rho_drift,
@@ -107,7 +112,9 @@ def sample_routing(
     """Fill ``out[t, l, :]`` (unsigned int array ``(T, L, k)``) with distinct expert ids.
 
     Per layer ``l`` and token ``t`` (see docs/synthetic-traces.md for the equations):
-      * log-popularity ``g[e] = -zipf_exponent * log(rank[e]) + x[e]``: ``rank`` orders the experts by
+      * log-popularity ``g[e] = -zipf_exponent * log(rank[e])
+        - tail_exponent * max(0, log(rank[e] / tail_knee)) + x[e]`` (a Zipf head and a steeper tail
+        beyond rank ``tail_knee``): ``rank`` orders the experts by
         ``sqrt(1-request_share)*a + sqrt(request_share)*b`` (``a`` drawn once, ``b`` redrawn at each
         request start), ``x`` an AR(1) (Ornstein-Uhlenbeck) drift updated every ``drift_every``
         tokens with coefficient ``rho_drift`` and stationary std ``sigma_drift``;
@@ -139,6 +146,8 @@ def sample_routing(
         sa = np.sqrt(max(0.0, 1.0 - request_share))
         sb = np.sqrt(max(0.0, request_share))
         zs = zipf_exponent[layer]
+        zt = tail_exponent[layer]
+        lk = np.log(tail_knee[layer])
         total = 0.0
         req_start = 0
         for t in range(n_tok):
@@ -149,7 +158,8 @@ def sample_routing(
                     v[e] = sa * a[e] + sb * _normal(st)
                 order = np.argsort(-v)
                 for r in range(ne):
-                    base[order[r]] = -zs * np.log(r + 1.0)
+                    lr = np.log(r + 1.0)
+                    base[order[r]] = -zs * lr - zt * max(0.0, lr - lk)
                 for e in range(ne):
                     g[e] = base[e] + x[e]
                 total = _rebuild_cdf(g, cdf)
@@ -226,7 +236,12 @@ def layer_stats(ids, present, phase, new_request, n_expert, out):
     out[8:11]  the same for prefill selections, bins 1, 2-8, farther or never;
     out[11]    share of decode selections taken by the 8 most-selected experts;
     out[12]    the same for the 32 most-selected;
-    out[13]    |top-32 of the first half of decode tokens & top-32 of the second half| / 32.
+    out[13]    |top-32 of the first half of decode tokens & top-32 of the second half| / 32;
+    out[14]    share of decode selections of an expert not used before in the request (prompt included);
+    out[15]    share of decode selections taken by the 128 most-selected experts;
+    out[16]    top-8 persistence: share of the selections of decode window ``w + 1`` (windows of
+               ``PERSIST_WINDOW`` decode tokens) that fall on the 8 most-selected experts of window
+               ``w``, pooled over window pairs (0 with fewer than two windows).
     """
     n_tok, k = ids.shape
     last = np.full(n_expert, -1, np.int64)
@@ -243,6 +258,12 @@ def layer_stats(ids, present, phase, new_request, n_expert, out):
     seen_dec = 0
     n_dec = 0.0
     n_pre = 0.0
+    n_new = 0.0
+    wc = np.zeros(n_expert, np.int64)  # counts of the current persistence window
+    hot = np.zeros(n_expert, np.bool_)  # top-8 of the previous window
+    have_hot = False
+    p_hit = 0.0
+    p_n = 0.0
     for t in range(n_tok):
         if new_request[t]:
             for e in range(n_expert):
@@ -260,7 +281,14 @@ def layer_stats(ids, present, phase, new_request, n_expert, out):
                         break
                 out[bi] += 1.0
                 n_dec += 1.0
+                if last[e] < 0:
+                    n_new += 1.0
                 cnt[e] += 1
+                wc[e] += 1
+                if have_hot:
+                    p_n += 1.0
+                    if hot[e]:
+                        p_hit += 1.0
                 if seen_dec < half:
                     c1[e] += 1
                 else:
@@ -277,12 +305,25 @@ def layer_stats(ids, present, phase, new_request, n_expert, out):
             last[ids[t, j]] = t
         if phase[t] == 1:
             seen_dec += 1
+            if seen_dec % PERSIST_WINDOW == 0:
+                top = np.argsort(-wc, kind="mergesort")[:8]
+                for e in range(n_expert):
+                    hot[e] = False
+                for e in top:
+                    hot[e] = True
+                have_hot = True
+                for e in range(n_expert):
+                    wc[e] = 0
     if n_dec > 0:
         for i in range(N_DEC_BINS):
             out[i] /= n_dec
         srt = np.sort(cnt)[::-1]
         out[11] = srt[:8].sum() / n_dec
         out[12] = srt[:32].sum() / n_dec
+        out[14] = n_new / n_dec
+        out[15] = srt[:128].sum() / n_dec
+        if p_n > 0:
+            out[16] = p_hit / p_n
         if half > 0:
             o1 = np.argsort(-c1, kind="mergesort")[:32]
             o2 = np.argsort(-c2, kind="mergesort")[:32]
