@@ -203,3 +203,121 @@ def test_bench_capture_is_the_routing_of_the_same_tokens(tiny_model: Path, tmp_p
     np.testing.assert_array_equal(tr.experts[pre], ref.experts)
     # the last layer routes only the prompt's last token in both runs (llama.cpp's inp_out_ids)
     np.testing.assert_array_equal(tr.present[pre], ref.present)
+
+
+# --------------------------------------------------------------------------- benchmarks/llamacpp_validate.py
+# Fake `bench llamacpp` results of a 6-layer model with Qwen3.5-122B's q8_0 expert shape; the fit and
+# the predictions are checked against the closed form of calibration.md's layer-offload model,
+# computed here by hand (not through the simulator).
+
+def _validate_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "llamacpp_validate.py"
+    spec = importlib.util.spec_from_file_location("llamacpp_validate", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+Q8_EXPERT = 3 * 3072 * 1024 * 34 // 32  # 10,027,008 B (calibration.md shapes, q8_0 block size)
+VAL_SPEC = {
+    "name": "made-6l", "arch": "qwen3moe", "n_layer": 6, "moe_layers": list(range(6)), "n_expert": 256,
+    "n_expert_used": 8, "hidden_size": 3072, "expert_ff": 1024, "expert_bytes": [Q8_EXPERT] * 6,
+    "dense_bytes": 50_000_000, "embd_bytes": 1_000_000, "n_head": 32, "n_head_kv": 2, "head_dim": 256,
+    "vocab_size": 259,
+}
+
+
+def _fake_result(name_placement: str, n_cpu: int | None, decode: float, prefill: float, date: str) -> dict:
+    over = {}
+    if n_cpu is not None:
+        over = {f"blk.{i}.ffn_{w}_exps.weight": "CPU" for i in range(n_cpu) for w in ("up", "down", "gate")}
+    s = lambda v: {"median": v, "min": v * 0.99, "max": v * 1.01, "all": [v]}  # noqa: E731
+    return {
+        "model": "unused.gguf", "placement": name_placement, "prompt_tokens": 64, "gen_tokens": 16, "reps": 3,
+        "threads": 16, "prefill_tok_s": s(prefill), "decode_tok_s": s(decode), "n_ubatch": 64,
+        "n_gpu_layers": 0 if name_placement == "all-cpu" else 999,
+        "overrides": [{"pattern": "x", "buft": "CPU"}] if n_cpu else [], "overridden_tensors": over,
+        "device": {"cpu": "Xeon", "backends": ["CPU: Xeon", "CUDA0: NVIDIA H200"]}, "date": date,
+    }
+
+
+def test_llamacpp_validate_fits_two_runs_and_predicts_the_others(tmp_path: Path) -> None:
+    mod = _validate_module()
+    spec_p = tmp_path / "spec.json"
+    spec_p.write_text(json.dumps(VAL_SPEC))
+    L, k, b = 6, 8, float(Q8_EXPERT)
+    t0, tL = 1.0 / 400.0, 1.0 / 60.0  # seconds per decode token: all experts on GPU / on CPU
+    step = 0.4e-3  # a fixed cost the model lacks (CUDA graphs off once any layer has CPU experts)
+    truth = {n: t0 + n * (tL - t0) / L + (step if 0 < n < L else 0.0) for n in range(L + 1)}
+    runs = {"gpu": ("gpu", 0), "cpu-moe-6": ("n-cpu-moe=6", 6), "all-cpu": ("all-cpu", None)}
+    runs.update({f"n-cpu-moe-{n}": (f"n-cpu-moe={n}", n) for n in (1, 3, 5)})
+    runs["gpu-again"] = ("gpu", 0)
+    pre = {0: 5000.0, 6: 900.0}
+    for i, (name, (pl, n)) in enumerate(runs.items()):
+        dec = 1.0 / (truth[n] if n is not None else 0.05) * (1.02 if name == "gpu-again" else 1.0)
+        r = _fake_result(pl, n, dec, pre.get(n, 1000.0), f"2026-12-01T00:00:{i:02d}+00:00")
+        (tmp_path / f"bench-{name}.json").write_text(json.dumps(r))
+
+    v = mod.validate(tmp_path, model=spec_p)
+    rows = {r["name"]: r for r in v["configs"]}
+    assert {r["role"] for r in v["configs"]} == {"calibration", "check", "repeat", "reference"}
+    # the fit reproduces both calibration runs exactly, decode and prefill
+    for name in ("gpu", "cpu-moe-6"):
+        assert rows[name]["role"] == "calibration"
+        assert abs(rows[name]["error_pct"]) < 1e-7
+        assert abs(rows[name]["prefill_error_pct"]) < 1e-7
+    # cpu_expert_bw by hand: a layer moved to the CPU adds handoff + k b / BW_cpu and removes the GPU
+    # layer's gpu_expert_fixed_us + k b / gpu_expert_bw (calibration.md's layer-offload form)
+    hw = v["hardware"]
+    g = hw["gpu_expert_fixed_us"] * 1e-6 + k * b / (hw["gpu_mem_bw"] * 1e9)
+    bw = k * b / ((tL - t0) / L - hw["handoff_us"] * 1e-6 + g) / 1e9
+    assert hw["cpu_expert_bw"] == pytest.approx(bw, rel=1e-9)
+    assert set(hw["fitted"]) == {"dense_fixed_ms", "cpu_expert_bw", "gpu_prefill_ms_per_token", "pcie_prefill_bw"}
+    # predictions of the in-between placements: the model's time at N (equal layers: affine in N)
+    errs = []
+    for n in (1, 3, 5):
+        r = rows[f"n-cpu-moe-{n}"]
+        assert r["role"] == "check" and r["policy"] == "layer-offload" and r["params"] == {"n_cpu_moe": n}
+        pred = 1.0 / (t0 + n * (tL - t0) / L)
+        assert r["predicted_tok_s"] == pytest.approx(pred, rel=1e-9)
+        assert r["error_pct"] == pytest.approx((pred - 1.0 / truth[n]) * truth[n] * 100.0, rel=1e-9)
+        assert r["predicted_hit_rate"] == pytest.approx((L - n) / L) == r["measured_hit_rate"]
+        assert r["predicted_upload_bytes"] == 0.0
+        errs.append(abs(r["error_pct"]))
+    assert v["median_abs_error_pct"] == pytest.approx(sorted(errs)[1])
+    assert v["max_abs_error_pct"] == pytest.approx(max(errs))
+    # the repeated gpu run is priced like the first: its error is the drift (-2 %), not in the median
+    assert rows["gpu-again"]["role"] == "repeat"
+    assert rows["gpu-again"]["error_pct"] == pytest.approx(100.0 / 1.02 - 100.0, rel=1e-9)
+    # -ngl 0 is not modelled: measured only
+    assert rows["all-cpu"]["role"] == "reference" and rows["all-cpu"]["predicted_tok_s"] is None
+    assert rows["all-cpu"]["measured_hit_rate"] == 0.0
+    # the sensitivity fit on n-cpu-moe=1 and 6 (both without CUDA graphs) absorbs the step: exact at 3, 5
+    sens = {r["name"]: r for r in v["sensitivity"]["rows"]}
+    assert v["sensitivity"]["calibrate"] == ["n-cpu-moe-1", "cpu-moe-6"]
+    assert abs(sens["n-cpu-moe-1"]["error_pct"]) < 1e-7
+    t1 = truth[1]
+    pred3 = 1.0 / (t1 + 2 * (tL - t1) / 5)
+    assert sens["n-cpu-moe-3"]["predicted_tok_s"] == pytest.approx(pred3, rel=1e-9)
+    # the CLI writes the JSON atomically with the runtime's keys
+    out = tmp_path / "v.json"
+    assert mod.main([str(tmp_path), "--model", str(spec_p), "--out", str(out)]) == 0
+    d = json.loads(out.read_text())
+    for key in ("machine", "date", "configs", "median_abs_error_pct", "max_abs_error_pct", "hardware"):
+        assert key in d
+    for key in ("name", "policy", "params", "predicted_tok_s", "measured_tok_s", "error_pct", "predicted_hit_rate",
+                "measured_hit_rate", "predicted_upload_bytes", "measured_upload_bytes"):
+        assert key in d["configs"][0]
+
+
+def test_llamacpp_validate_reports_a_missing_calibration_run(tmp_path: Path) -> None:
+    mod = _validate_module()
+    spec_p = tmp_path / "spec.json"
+    spec_p.write_text(json.dumps(VAL_SPEC))
+    (tmp_path / "bench-gpu.json").write_text(json.dumps(_fake_result("gpu", 0, 400.0, 5000.0, "d")))
+    v = mod.validate(tmp_path, model=spec_p)
+    assert "missing" in v["fit_error"] and v["median_abs_error_pct"] is None
+    assert v["configs"][0]["measured_tok_s"] == 400.0
+    assert mod.main([str(tmp_path / "nothere")]) == 1
