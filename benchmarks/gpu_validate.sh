@@ -5,9 +5,11 @@
 #
 # Usage: benchmarks/gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]
 #   TRACE   routing trace (.hxt, or a CSV/JSONL the tracer imports) with the model's expert count/top-k
-#   LAYERS  engine MoE layers (default 12: 29 GB of int8 Qwen3.5-122B-shaped experts in host RAM)
+#   LAYERS  engine MoE layers (default by DTYPE so the experts fit in host RAM: fp32 6 = 58 GB of
+#           Qwen3.5-122B-shaped experts, bf16/fp16 8 = 39 GB, int8 12 = 29 GB)
 #   TOKENS  measured decode tokens per configuration (default 200, after 16 warm-up tokens)
-# Environment: WHEELS (default REPO/.whl), MODEL (default qwen3.5-122b-a10b-q4_k_l), PYTHON (default python3), THREADS (default all),
+# Environment: WHEELS (default REPO/.whl), MODEL (default qwen3.5-122b-a10b-q4_k_l), PYTHON (default python3),
+#   THREADS (default all cores less one), DTYPE (host/slot expert dtype: fp32 (default), int8, bf16, fp16),
 #   DEVICE (default cuda; cpu for a dry run of the script on a machine without a GPU),
 #   TUNE_TRIALS (default 0 = skip; N > 0: `hotexperts tune` with the calibrated hw.json on the engine's model
 #   at the VRAM of the fork default K=44, then its pick and the fork default K=44 I60 run live into
@@ -15,7 +17,7 @@
 set -euo pipefail
 OUTDIR="${1:?usage: gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]}"
 TRACE="${2:?usage: gpu_validate.sh OUTDIR TRACE [LAYERS] [TOKENS]}"
-LAYERS="${3:-12}"
+LAYERS="${3:-}"
 TOKENS="${4:-200}"
 MODEL="${MODEL:-qwen3.5-122b-a10b-q4_k_l}"
 PY="${PYTHON:-python3}"
@@ -46,21 +48,25 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 cd /tmp  # import the installed package, not the checkout's folders
 "$PY" -m hotexperts --version
 
-THR=(--device "${DEVICE:-cuda}")
+THR=(--device "${DEVICE:-cuda}" --dtype "${DTYPE:-fp32}")
 if [ -n "${THREADS:-}" ]; then THR+=(--threads "$THREADS"); fi
+if [ -n "$LAYERS" ]; then THR+=(--layers "$LAYERS"); fi
 
 echo "== calibrate"
-time "$PY" -m hotexperts calibrate --model "$MODEL" --layers "$LAYERS" "${THR[@]}" --out "$OUTDIR/hw.json"
+time "$PY" -m hotexperts calibrate --model "$MODEL" "${THR[@]}" --out "$OUTDIR/hw.json"
 
 echo "== validate"
 time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR" \
-  --layers "$LAYERS" --tokens "$TOKENS" "${THR[@]}"
-if [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
+  --tokens "$TOKENS" "${THR[@]}"
+if [ "${TUNE_TRIALS:-0}" -gt 0 ] && [ "${DTYPE:-fp32}" != int8 ]; then
+  # benchmarks/tune_live.py builds the engine's model spec with int8 expert bytes (EngineShape's default)
+  echo "== tune skipped: benchmarks/tune_live.py prices int8 experts only; run with DTYPE=int8 for it"
+elif [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
   echo "== tune with hw.json, then its pick and the fork default live"
-  time "$PY" "$REPO/benchmarks/tune_live.py" "$OUTDIR/tune-live" "$OUTDIR/hw.json" "$TRACE" --layers "$LAYERS" \
-    --trials "$TUNE_TRIALS" --model "$MODEL"
+  time "$PY" "$REPO/benchmarks/tune_live.py" "$OUTDIR/tune-live" "$OUTDIR/hw.json" "$TRACE" \
+    --layers "${LAYERS:-12}" --trials "$TUNE_TRIALS" --model "$MODEL"
   time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR/tune-live" \
-    --configs "$OUTDIR/tune-live/tune-configs.json" --layers "$LAYERS" --tokens "$TOKENS" "${THR[@]}"
+    --configs "$OUTDIR/tune-live/tune-configs.json" --tokens "$TOKENS" "${THR[@]}"
 fi
 echo "== done: $OUTDIR"
 ls -l "$OUTDIR"

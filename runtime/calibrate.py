@@ -27,6 +27,10 @@ time vs its size are the only fits):
 - host DRAM read rate (a sum over 2 GiB) -> ``dram_bw``; the CPU expert op while pinned uploads stream ->
   ``upload_contention``.
 
+The experts are built in the chosen host dtype (``--dtype``: int8, fp32, bf16, fp16), so every rate is in
+bytes of that dtype. The raw tables record ``cpu_path_vs_dram``: the CPU expert op's weight bytes per second
+against half the measured DRAM read rate (issue 6's requirement for the CPU path), met or not.
+
 The profile describes this engine with ``--layers`` layers on this machine (``dense_fixed_ms`` scales
 with the layer count); ``hotexperts validate`` must be given the same layer count.
 """
@@ -49,7 +53,7 @@ import torch
 
 from hotexperts._atomic import write_text_atomic
 from hotexperts.modelspec import ModelSpec
-from hotexperts.runtime.engine import EngineShape, MoEEngine
+from hotexperts.runtime.engine import EngineShape, MoEEngine, default_layers
 
 __all__ = ["calibrate", "Calibration"]
 
@@ -95,27 +99,33 @@ def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def calibrate(
     *,
     model: ModelSpec,
-    n_layers: int = 12,
+    n_layers: int | None = None,
+    dtype: str = "int8",
     device: str = "cuda",
     cpu_threads: int | None = None,
     reps: int = 20,
     log: Callable[[str], None] | None = None,
 ) -> Calibration:
-    """Run the microbenchmarks; return ``{"profile": HardwareProfile fields, "measurements": raw tables}``."""
+    """Run the microbenchmarks; return ``{"profile": HardwareProfile fields, "measurements": raw tables}``.
+
+    ``dtype`` is the engine's host/slot expert dtype; ``n_layers`` defaults to :func:`default_layers` of it.
+    """
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     cuda = device == "cuda"
     from hotexperts.runtime.engine import default_cpu_threads
 
     threads = int(cpu_threads or default_cpu_threads(str(device)))
     torch.set_num_threads(threads)
-    shape = EngineShape.from_spec(model, n_layers=n_layers)
+    n_layers = int(n_layers or default_layers(dtype))
+    shape = EngineShape.from_spec(model, n_layers=n_layers, dtype=dtype)
     # NOTE: two layers are enough for the parts; the CPU op's experts are drawn at random from all
     # 2 x n_expert blocks (GBs), so the host's last-level cache cannot hold them
     eng_shape = EngineShape(**{**shape.to_dict(), "n_layers": 2})
-    say(f"calibrate: building a 2-layer {model.name} engine ({eng_shape.n_expert} int8 experts per layer)")
+    say(f"calibrate: building a 2-layer {model.name} engine ({eng_shape.n_expert} {dtype} experts of "
+        f"{shape.expert_bytes / 1e6:.1f} MB per layer, {2 * eng_shape.n_expert * shape.expert_bytes / 1e9:.1f} GB)")
     eng = MoEEngine(eng_shape, device=device, cpu_threads=threads, distinct_experts=32)
     sync = torch.cuda.synchronize if cuda else None
-    meas: dict[str, Any] = {"threads": threads, "engine_shape": shape.to_dict()}
+    meas: dict[str, Any] = {"threads": threads, "engine_shape": shape.to_dict(), "expert_dtype": dtype}
     k, E, b = shape.top_k, shape.n_expert, shape.expert_bytes
     rng = np.random.default_rng(0)
     try:
@@ -310,6 +320,17 @@ def calibrate(
         big.sum()
         dram_bw = big.numel() * 4 / _median(lambda: big.sum(), 5) / 1e9
         meas["dram_read_gbs"] = dram_bw
+        # issue 6: the CPU path must reach half the host's DRAM read rate in weight bytes per second
+        meas["cpu_path_vs_dram"] = {
+            "expert_dtype": dtype,
+            "threads": threads,
+            "cpu_expert_gbs": cpu_bw,
+            "dram_read_gbs": dram_bw,
+            "half_dram_gbs": dram_bw / 2,
+            "met": bool(cpu_bw >= dram_bw / 2),
+        }
+        say(f"  DRAM read {dram_bw:.1f} GB/s; CPU path ({dtype}) {cpu_bw:.1f} GB/s vs half DRAM {dram_bw / 2:.1f}: "
+            f"{'met' if cpu_bw >= dram_bw / 2 else 'NOT met'}")
 
         # ---- 7. CPU experts while uploads stream
         say("calibrate: [7/7] CPU experts during pinned uploads (DRAM contention)")
@@ -347,7 +368,7 @@ def calibrate(
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     vram = torch.cuda.get_device_properties(0).total_memory if cuda else 0
     profile = {
-        "name": f"{name} (hotexperts engine, {n_layers} layers, {threads} threads)",
+        "name": f"{name} (hotexperts engine, {dtype} experts, {n_layers} layers, {threads} threads)",
         "vram_bytes": int(vram),
         "gpu_mem_bw": round(gpu_bw, 3),
         "pcie_pinned_bw": round(pinned_bw, 3),
@@ -365,12 +386,13 @@ def calibrate(
         "upload_contention": 0.0 if contention is None else round(contention, 4),
         "source": (
             f"hotexperts calibrate {datetime.now(timezone.utc).isoformat(timespec='seconds')} on "
-            f"{platform.node()}: microbenchmarks of the runtime engine's parts (int8 experts of "
+            f"{platform.node()}: microbenchmarks of the runtime engine's parts ({dtype} experts of "
             f"{model.name} shape, {threads} CPU threads, torch {torch.__version__})"
         ),
         "notes": (
-            f"engine-specific: dense_fixed_ms is for {n_layers} engine layers; the CPU op streams int8 "
-            f"experts ({b} B) with torch._weight_int8pack_mm; the GPU call gathers int8 slots. "
+            f"engine-specific: dense_fixed_ms is for {n_layers} engine layers; the CPU op streams {dtype} "
+            f"experts ({b} B) with {'torch._weight_int8pack_mm' if dtype == 'int8' else 'F.linear'}; the GPU "
+            f"call gathers {dtype} slots. "
             f"handoff_us is a layer with CPU experts minus its dense part and the experts' streaming "
             f"(the parts: round trip {meas['handoff_roundtrip_us']:.1f} us + CPU op intercept "
             f"{cpu_fixed * 1e6:.1f} us = {meas['handoff_parts_us']:.1f} us). gpu_mem_bw is the dense "

@@ -4,22 +4,24 @@ The engine is shaped from a :class:`~hotexperts.modelspec.ModelSpec` (hidden siz
 intermediate size, experts per layer, top-k, shared expert, non-expert bytes per layer) with a chosen
 number of MoE layers, and holds real random weights:
 
-- routed experts in host memory as int8 weight-only with per-output-channel scales, one contiguous
-  block per expert (gate and up rows, then down rows), page-locked so uploads are true async copies.
-  # NOTE: int8 because it was the fastest per byte of the candidates tried and halves bf16's memory. On the
-  H200 host (benchmarks/results/2026-11-29-h200/) the probe gave 50 GB/s for ``_weight_int8pack_mm`` (bf16
-  activations, 16 threads), 48 GB/s bf16, 103 GB/s fp32; but the probe's int8 pool (453 MB) was only 1.5x
-  the 300 MB L3, and the calibration, drawing experts at random from GBs, measured 36 GB/s for this op,
-  below the 45 GB/s goal (half of the 90-98 GB/s DRAM read rate). fp32 streams faster but needs twice
-  the memory and upload bytes. docs/runtime.md records this; a faster int8 CPU kernel is open work.
-- per MoE layer a VRAM slot pool (the policy's slots plus ``top_k`` scratch slots for fetch-on-miss);
+- routed experts in host memory in the shape's ``dtype`` (:data:`EXPERT_DTYPES`), one contiguous block per
+  expert (gate and up rows, then down rows), page-locked so uploads are true async copies: ``"int8"``
+  weight-only with per-output-channel scales (CPU op ``torch._weight_int8pack_mm``), or ``"fp32"``,
+  ``"bf16"``, ``"fp16"`` plain weights (CPU op ``F.linear`` in that dtype).
+  # NOTE: the CPU path must stream at least half the host's DRAM read rate in weight bytes per second. On the
+  H200 host (benchmarks/results/2026-11-29-h200/) ``_weight_int8pack_mm`` calibrated at 31-36 GB/s over GBs
+  of experts (the probe's 50 GB/s came from a pool 1.5x the L3), below the 45-49 GB/s goal; fp32 ``F.linear``
+  probed at 103 GB/s (16 threads), bf16 48, fp16 53. fp32 costs 4x int8's memory and upload bytes, so
+  fewer engine layers fit in host RAM (:func:`default_layers`). docs/runtime.md has the measurements.
+- per MoE layer a VRAM slot pool in the same dtype (the policy's slots plus ``top_k`` scratch slots for
+  fetch-on-miss);
 - on the GPU a shared expert and a dense part that streams ``dense_bytes / n_layer`` bytes of weights per
   layer (the model's non-expert work), followed by an RMS norm.
 
 Per token and MoE layer (:meth:`MoEEngine.forward_layer`): dense part on the GPU; the routed experts
 (from the trace) split into hot (resident in a slot) and cold; the cold ones run on a CPU worker thread
-(``torch._weight_int8pack_mm``, torch ops release the GIL) while the hot ones run on the GPU as one
-grouped call (gather the slots by index, dequantise, two batched mat-muls: no per-expert launches);
+(torch ops release the GIL) while the hot ones run on the GPU as one grouped call (gather the slots by
+index, convert (int8: dequantise) to the compute dtype, two batched mat-muls: no per-expert launches);
 one hand-off (the layer input copied to pinned host memory, the CPU partial sum copied back) and the sum.
 In ``fetch-on-miss`` mode every expert runs on the GPU and the misses are uploaded into scratch slots
 first. The policy's uploads (:class:`Schedule`, built from :func:`hotexperts.sim.replay.replay` events,
@@ -52,9 +54,31 @@ __all__ = [
     "RunResult",
     "Schedule",
     "MODES",
+    "EXPERT_DTYPES",
+    "default_layers",
 ]
 
 MODES = ("cold-cpu", "fetch-on-miss")
+
+#: host (and VRAM slot) dtypes of the routed experts -> (torch dtype, bytes per weight)
+EXPERT_DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "int8": (torch.int8, 1),
+    "fp32": (torch.float32, 4),
+    "bf16": (torch.bfloat16, 2),
+    "fp16": (torch.float16, 2),
+}
+
+
+def default_layers(dtype: str) -> int:
+    """Engine MoE layers by expert dtype, so Qwen3.5-122B-shaped experts fit a 125 GB host with room left.
+
+    NOTE: 256 experts x 3 x 3072 x 1024 weights per layer: int8 2.4 GB (12 layers 29 GB), bf16/fp16 4.8 GB
+    (8 layers 39 GB), fp32 9.7 GB (6 layers 58 GB; page-locked in place, so no second copy; calibrate's own
+    2-layer engine, 19 GB, runs in a separate process before validate).
+    """
+    if dtype not in EXPERT_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(EXPERT_DTYPES)}, got {dtype!r}")
+    return {"int8": 12, "fp32": 6, "bf16": 8, "fp16": 8}[dtype]
 
 
 def default_cpu_threads(device: str) -> int:
@@ -82,6 +106,7 @@ class EngineShape:
     n_layers: int
     shared_ff: int = 0
     dense_bytes_per_layer: int = 0
+    dtype: str = "int8"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "expert_ff", "n_expert", "top_k", "n_layers"):
@@ -91,16 +116,24 @@ class EngineShape:
             raise ValueError("top_k exceeds n_expert")
         if self.shared_ff < 0 or self.dense_bytes_per_layer < 0:
             raise ValueError("shared_ff and dense_bytes_per_layer must be >= 0")
+        if self.dtype not in EXPERT_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(EXPERT_DTYPES)}, got {self.dtype!r}")
 
     @property
     def expert_weights(self) -> int:
-        """int8 weights of one routed expert (gate + up + down)."""
+        """Weights of one routed expert (gate + up + down)."""
         return 3 * self.hidden * self.expert_ff
 
     @property
+    def weight_elem(self) -> int:
+        """Bytes per expert weight in host memory and in the VRAM slots."""
+        return EXPERT_DTYPES[self.dtype][1]
+
+    @property
     def expert_bytes(self) -> int:
-        """Bytes one upload moves over PCIe: the expert's int8 block (its scales stay on the GPU)."""
-        return self.expert_weights
+        """Bytes one upload moves over PCIe and the CPU op streams: the expert's weight block (int8 scales
+        stay on the GPU and are not counted)."""
+        return self.expert_weights * self.weight_elem
 
     def dense_rows(self, elem: int) -> int:
         """Rows (multiple of ``hidden``) of the dense part's bf16 weight, ``>= hidden`` when any."""
@@ -111,7 +144,7 @@ class EngineShape:
         return int(rows)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, *, n_layers: int) -> EngineShape:
+    def from_spec(cls, spec: ModelSpec, *, n_layers: int, dtype: str = "int8") -> EngineShape:
         """``n_layers`` MoE layers of ``spec``'s shape; each gets ``(dense - embedding) / n_layer`` dense bytes."""
         if n_layers <= 0:
             raise ValueError("n_layers must be positive")
@@ -124,6 +157,7 @@ class EngineShape:
             shared_ff=int(spec.shared_ff) * max(1, int(spec.n_shared_expert)) if spec.shared_ff else 0,
             # NOTE: the token embedding stays in host memory in llama.cpp (a row lookup, no GPU work)
             dense_bytes_per_layer=int((spec.dense_bytes - spec.embd_bytes) // max(1, spec.n_layer)),
+            dtype=dtype,
         )
 
     def model_spec(self, base: ModelSpec, *, compute_elem: int = 2) -> ModelSpec:
@@ -131,7 +165,7 @@ class EngineShape:
         with the engine's expert bytes and its dense bytes, other fields from ``base``."""
         d = base.to_dict()
         d.update(
-            name=f"{base.name}@engine{self.n_layers}L-int8",
+            name=f"{base.name}@engine{self.n_layers}L-{self.dtype}",
             n_layer=self.n_layers,
             moe_layers=list(range(self.n_layers)),
             expert_bytes=[self.expert_bytes] * self.n_layers,
@@ -326,32 +360,54 @@ class MoEEngine:
         self.cpu_threads = int(cpu_threads or default_cpu_threads(str(device)))
         self.streams = _Streams(self.device)
         h, ff, E, L = shape.hidden, shape.expert_ff, shape.n_expert, shape.n_layers
-        self._gu = 2 * ff * h  # int8 elements of gate+up in an expert block
+        self._gu = 2 * ff * h  # elements of gate+up in an expert block
+        self.expert_dtype = shape.dtype
+        self.wdtype = EXPERT_DTYPES[shape.dtype][0]
+        self.quantized = shape.dtype == "int8"
         g = torch.Generator().manual_seed(seed)
         n_distinct = E if distinct_experts is None else max(1, min(E, int(distinct_experts)))
-        # host store: q[l] (E, 3*ff*h) int8, scales sgu[l] (E, 2ff), sd[l] (E, h) in compute dtype
+        # host store: q[l] (E, 3*ff*h) in the expert dtype; for int8 also scales sgu[l] (E, 2ff), sd[l] (E, h)
+        # in the compute dtype (float dtypes: empty, the scales are folded into the weights)
         self.q: list[torch.Tensor] = []
         self.sgu: list[torch.Tensor] = []
         self.sd: list[torch.Tensor] = []
         self.pinned = False
+
+        def block(n: int) -> torch.Tensor:
+            """``n`` random expert blocks in the expert dtype.
+
+            int8: uniform in [-127, 127]. Float dtypes: the same int8 values times random per-row scales,
+            rounded to the dtype (weights of std ~1/sqrt(fan_in), like the int8 experts dequantised)."""
+            qi = torch.randint(-127, 128, (n, 3 * ff * h), dtype=torch.int8, generator=g)
+            if self.quantized:
+                return qi
+            sg = (torch.rand(n, 2 * ff, 1, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(h))
+            sdn = (torch.rand(n, h, 1, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(ff))
+            out = torch.empty(n, 3 * ff * h, dtype=self.wdtype)
+            out[:, : self._gu].view(n, 2 * ff, h).copy_(qi[:, : self._gu].view(n, 2 * ff, h).float() * sg)
+            out[:, self._gu :].view(n, h, ff).copy_(qi[:, self._gu :].view(n, h, ff).float() * sdn)
+            return out
+
         # NOTE: with fewer distinct experts than experts, one random pool serves every layer (random int8
         # generation is slow, ~100 MB/s); each layer then maps its experts onto the pool differently
-        shared_base = None
-        if n_distinct < E:
-            shared_base = torch.randint(-127, 128, (n_distinct, 3 * ff * h), dtype=torch.int8, generator=g)
+        shared_base = block(n_distinct) if n_distinct < E else None
         for layer in range(L):
-            q = torch.empty(E, 3 * ff * h, dtype=torch.int8)
+            q = torch.empty(E, 3 * ff * h, dtype=self.wdtype)
             if shared_base is None:
-                q.copy_(torch.randint(-127, 128, (E, 3 * ff * h), dtype=torch.int8, generator=g))
+                q.copy_(block(E))
             else:
                 for e in range(E):
                     q[e] = shared_base[(e * 7 + layer) % n_distinct]
-            # scales ~ 1/(sqrt(fan_in) * 73): int8 uniform weights have std ~73, so W has std 1/sqrt(fan_in)
-            sgu = (torch.rand(E, 2 * ff, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(h))
-            sd = (torch.rand(E, h, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(ff))
             self.q.append(q)
-            self.sgu.append(sgu.to(self.dtype).contiguous())
-            self.sd.append(sd.to(self.dtype).contiguous())
+            if self.quantized:
+                # scales ~ 1/(sqrt(fan_in) * 73): int8 uniform weights have std ~73, so W has std 1/sqrt(fan_in)
+                sgu = (torch.rand(E, 2 * ff, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(h))
+                sd = (torch.rand(E, h, generator=g) * 0.5 + 0.75) / (73.0 * math.sqrt(ff))
+                self.sgu.append(sgu.to(self.dtype).contiguous())
+                self.sd.append(sd.to(self.dtype).contiguous())
+            else:
+                self.sgu.append(torch.empty(0, dtype=self.dtype))
+                self.sd.append(torch.empty(0, dtype=self.dtype))
             if progress is not None:
                 progress(layer + 1, L)
         if pin and self.device.type == "cuda":
@@ -402,7 +458,7 @@ class MoEEngine:
             torch.cuda.empty_cache()
         for layer in range(L):
             self.pool.append(torch.empty(int(s[layer]) + k, 3 * self.shape.expert_ff * self.shape.hidden,
-                                         dtype=torch.int8, device=self.device))
+                                         dtype=self.wdtype, device=self.device))
         self.slots = s
         width = int(s.max()) if L else 0
         self.table = np.full((L, width), -1, np.int64)
@@ -476,16 +532,20 @@ class MoEEngine:
 
     def _grouped(self, layer: int, a: torch.Tensor, slots: torch.Tensor, experts: torch.Tensor,
                  w: torch.Tensor) -> torch.Tensor:
-        """All selected slot experts of one layer as one grouped call: gather, dequantise, two bmm."""
+        """All selected slot experts of one layer as one grouped call: gather, convert to the compute dtype
+        (int8: dequantise with the per-row scales), two bmm."""
         h, ff = self.shape.hidden, self.shape.expert_ff
         n = slots.numel()
         blk = self.pool[layer].index_select(0, slots)
         wgu = blk[:, : self._gu].view(n, 2 * ff, h).to(self.dtype)
         gu = torch.bmm(wgu, a.view(1, h, 1).expand(n, h, 1)).view(n, 2 * ff)
-        gu = gu * self.sgu_dev[layer].index_select(0, experts)
+        if self.quantized:
+            gu = gu * self.sgu_dev[layer].index_select(0, experts)
         hh = F.silu(gu[:, :ff]) * gu[:, ff:]
         wd = blk[:, self._gu :].view(n, h, ff).to(self.dtype)
-        d = torch.bmm(wd, hh.view(n, ff, 1)).view(n, h) * self.sd_dev[layer].index_select(0, experts)
+        d = torch.bmm(wd, hh.view(n, ff, 1)).view(n, h)
+        if self.quantized:
+            d = d * self.sd_dev[layer].index_select(0, experts)
         return (d * w.view(n, 1)).sum(0, keepdim=True)
 
     def _cold(self, layer: int, ev: Any, experts: list[int], w: list[float]) -> torch.Tensor:
@@ -496,6 +556,18 @@ class MoEEngine:
         ff, gu_n = self.shape.expert_ff, self._gu
         h = self.shape.hidden
         q, sgu, sd = self.q[layer], self.sgu[layer], self.sd[layer]
+        if not self.quantized:
+            # NOTE: plain F.linear in the weights' own dtype (activations converted once per layer, tiny):
+            # fp32 F.linear is the fastest CPU mat-vec per weight byte measured on the H200 host
+            af = a.to(self.wdtype)
+            y = torch.zeros(1, h, dtype=self.wdtype)
+            for e, we in zip(experts, w):
+                blk = q[e]
+                gu = F.linear(af, blk[:gu_n].view(2 * ff, h))
+                hh = F.silu(gu[:, :ff]) * gu[:, ff:]
+                y.add_(F.linear(hh, blk[gu_n:].view(h, ff)), alpha=we)
+            self._y_host[layer].copy_(y)
+            return self._y_host[layer]
         y = torch.zeros(1, h, dtype=self.dtype)
         for e, we in zip(experts, w):
             blk = q[e]
@@ -670,7 +742,8 @@ class MoEEngine:
             upload_bytes=np.asarray(rec["bytes"], np.int64),
             measured=measured,
             hit_sel_layers=np.asarray(rec["layers"], np.int64).reshape(-1, sh.n_layers),
-            info={"pinned": self.pinned, "cpu_threads": self.cpu_threads, "dtype": str(self.dtype)},
+            info={"pinned": self.pinned, "cpu_threads": self.cpu_threads, "dtype": str(self.dtype),
+                  "expert_dtype": self.expert_dtype},
         )
 
     def close(self) -> None:

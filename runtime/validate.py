@@ -5,7 +5,7 @@ same policies/ code twice: once by :func:`hotexperts.sim.simulate.simulate` (cos
 calibrated hardware profile) and once with ``record_events=True`` to drive the live
 :class:`~hotexperts.runtime.engine.MoEEngine`, which computes every decode step for real and times it.
 The model the simulator sees is the one the engine built (:meth:`EngineShape.model_spec`: the engine's
-layer count, int8 expert bytes, dense bytes, no attention); trace layers are mapped onto engine layers
+layer count, expert bytes in its host dtype, dense bytes, no attention); trace layers are mapped onto engine layers
 with the simulator's own :func:`~hotexperts.sim.simulate.map_trace_to_model`.
 
 Measured and predicted numbers cover the same decode steps: the first ``warmup`` decode steps are run
@@ -138,7 +138,8 @@ def validate(
     hardware: Any,
     out: str | os.PathLike[str],
     configs: Sequence[LiveConfig] | None = None,
-    n_layers: int = 12,
+    n_layers: int | None = None,
+    dtype: str = "int8",
     tokens: int = 200,
     warmup: int = 16,
     device: str = "cuda",
@@ -149,14 +150,15 @@ def validate(
     import torch
 
     from hotexperts.policies import make_policy
-    from hotexperts.runtime.engine import EngineShape, MoEEngine, Schedule
+    from hotexperts.runtime.engine import EngineShape, MoEEngine, Schedule, default_layers
     from hotexperts.sim.hardware import load_hardware
     from hotexperts.sim.replay import replay
     from hotexperts.sim.simulate import map_trace_to_model, simulate
 
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
     hw = load_hardware(hardware)
-    shape = EngineShape.from_spec(model, n_layers=n_layers)
+    n_layers = int(n_layers or default_layers(dtype))
+    shape = EngineShape.from_spec(model, n_layers=n_layers, dtype=dtype)
     espec = shape.model_spec(model)
     if trace.n_expert != model.n_expert or trace.top_k != model.n_expert_used:
         raise InputError(None, f"trace routes top-{trace.top_k} of {trace.n_expert} experts, model "
@@ -171,7 +173,7 @@ def validate(
         except (ValueError, TypeError) as exc:
             raise InputError(None, f"configuration {c.name}: {exc}") from None
     say(f"validate: building the engine: {n_layers} layers of {model.name} "
-        f"({shape.n_expert} x {shape.expert_bytes / 1e6:.1f} MB int8 experts per layer, "
+        f"({shape.n_expert} x {shape.expert_bytes / 1e6:.1f} MB {dtype} experts per layer, "
         f"{n_layers * shape.n_expert * shape.expert_bytes / 1e9:.1f} GB host)")
     t0 = time.perf_counter()
     eng = MoEEngine(shape, device=device, cpu_threads=cpu_threads, distinct_experts=16)
@@ -215,17 +217,27 @@ def validate(
     finally:
         eng.close()
     errs = np.abs([r["error_pct"] for r in rows])
+    # issue 6: the CPU path (calibrated cpu_expert_bw, weight bytes/s of this dtype) vs half the DRAM read rate
+    cpu_path = {
+        "expert_dtype": dtype,
+        "cpu_expert_gbs": float(hw.cpu_expert_bw),
+        "dram_read_gbs": float(hw.dram_bw),
+        "half_dram_gbs": float(hw.dram_bw) / 2,
+        "met": bool(hw.cpu_expert_bw >= hw.dram_bw / 2),
+        "source": "hardware profile (hotexperts calibrate with the same --dtype)",
+    }
     best_pred = max(rows, key=lambda r: r["predicted_tok_s"])
     best_meas = max(rows, key=lambda r: r["measured_tok_s"])
     result = {
         "machine": _machine(device, torch),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": espec.name,
-        "engine": {**shape.to_dict(), "expert_dtype": "int8", "compute_dtype": str(eng.dtype),
+        "engine": {**shape.to_dict(), "expert_dtype": dtype, "compute_dtype": str(eng.dtype),
                    "cpu_threads": eng.cpu_threads, "pinned": eng.pinned},
         "trace": {"n_tokens": int(mtr.n_tokens), "decode_steps": int(warmup + tokens), "warmup": int(warmup),
                   "layer_map": [int(x) for x in lmap], "source": str(trace.meta.get("source", ""))},
         "hardware": hw.to_dict(),
+        "cpu_path_vs_dram": cpu_path,
         "configs": rows,
         "median_abs_error_pct": float(np.median(errs)),
         "max_abs_error_pct": float(errs.max()),
@@ -239,6 +251,8 @@ def validate(
     outdir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(outdir / "validation.json", json.dumps(result, indent=1) + "\n")
     _plot(rows, outdir, title=f"{espec.name} on {result['machine']}")
+    say(f"validate: CPU path ({dtype}) {cpu_path['cpu_expert_gbs']:.1f} GB/s vs half DRAM "
+        f"{cpu_path['half_dram_gbs']:.1f} GB/s: {'met' if cpu_path['met'] else 'NOT met'}")
     say(f"validate: median |error| {result['median_abs_error_pct']:.1f} %, max {result['max_abs_error_pct']:.1f} %; "
         f"wrote {outdir / 'validation.json'}")
     return result

@@ -2,8 +2,9 @@
 the replay's. The "GPU" side runs on the CPU (device="cpu"), so CI checks the logic without a GPU.
 
 The reference is independent of the engine's compute code: plain numpy float64 on the engine's host
-weights (int8 blocks x per-row scales), all top-k experts with their gate weights, the dense part, the
-RMS norm and the shared expert written out from the engine's documented layer function.
+weights (int8 blocks x per-row scales, or the float blocks as stored), all top-k experts with their gate
+weights, the dense part, the RMS norm and the shared expert written out from the engine's documented layer
+function. Every expert dtype the engine offers is checked (the engine fixture is parametrised by dtype).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is in the test extras; the runtime needs it")
 
 from hotexperts.policies import REGISTRY, make_policy  # noqa: E402
-from hotexperts.runtime.engine import EngineShape, MoEEngine, Schedule  # noqa: E402
+from hotexperts.runtime.engine import EXPERT_DTYPES, EngineShape, MoEEngine, Schedule, default_layers  # noqa: E402
 from hotexperts.sim.replay import replay  # noqa: E402
 from hotexperts.tracer.trace import PHASE_DECODE, PHASE_PREFILL, Trace  # noqa: E402
 
@@ -24,9 +25,18 @@ SHAPE = EngineShape(hidden=32, expert_ff=16, n_expert=12, top_k=3, n_layers=3, s
                     dense_bytes_per_layer=32 * 32 * 4 * 2)
 
 
-@pytest.fixture(scope="module")
-def engine():
-    eng = MoEEngine(SHAPE, device="cpu", compute_dtype=torch.float32, cpu_threads=1, seed=3)
+# NOTE: relative tolerance of a layer against the float64 reference. int8 and fp32 compute in float32
+# throughout; bf16/fp16 experts run their CPU op with activations rounded to that dtype (8 and 11 mantissa
+# bits), so a cold expert is exact only to ~2^-8 relative.
+TOL = {"int8": 1e-5, "fp32": 1e-5, "bf16": 2e-2, "fp16": 4e-3}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPERT_DTYPES))
+def engine(request):
+    import dataclasses
+
+    eng = MoEEngine(dataclasses.replace(SHAPE, dtype=request.param), device="cpu", compute_dtype=torch.float32,
+                    cpu_threads=1, seed=3)
     yield eng
     eng.close()
 
@@ -47,11 +57,13 @@ def reference_layer(eng: MoEEngine, layer: int, x: np.ndarray, ids, ws) -> np.nd
     if sf:
         gu = _np(eng.shared_gu[layer]) @ a
         out += _np(eng.shared_d[layer]) @ (gu[:sf] / (1 + np.exp(-gu[:sf])) * gu[sf:])
-    q = eng.q[layer].numpy().astype(np.float64)
-    sgu, sd = _np(eng.sgu[layer]), _np(eng.sd[layer])
+    q = _np(eng.q[layer])
     for e, w in zip(ids, ws):
-        wgu = q[e, : 2 * ff * h].reshape(2 * ff, h) * sgu[e][:, None]
-        wd = q[e, 2 * ff * h :].reshape(h, ff) * sd[e][:, None]
+        wgu = q[e, : 2 * ff * h].reshape(2 * ff, h)
+        wd = q[e, 2 * ff * h :].reshape(h, ff)
+        if eng.shape.dtype == "int8":
+            wgu = wgu * _np(eng.sgu[layer])[e][:, None]
+            wd = wd * _np(eng.sd[layer])[e][:, None]
         gu = wgu @ a
         out += w * (wd @ (gu[:ff] / (1 + np.exp(-gu[:ff])) * gu[ff:]))
     return out
@@ -63,7 +75,7 @@ def _check_layer(eng, layer, x, ids, ws, mode):
     got = _np(out).ravel()
     assert np.all(np.isfinite(got))
     err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    assert err < 1e-5, (layer, ids, mode, err)
+    assert err < TOL[eng.shape.dtype], (layer, ids, mode, eng.shape.dtype, err)
     return c
 
 
@@ -88,7 +100,8 @@ def test_every_split_matches_dense_reference(engine, mode):
             c = _check_layer(engine, layer, x, ids, ws, mode)
             assert c["hit_sel"] == len(hot) and c["sel"] == k
             assert c["cold_distinct"] == k - len(hot)
-            assert c["fetch_bytes"] == (SHAPE.expert_bytes * (k - len(hot)) if mode == "fetch-on-miss" else 0)
+            eb = engine.shape.expert_bytes
+            assert c["fetch_bytes"] == (eb * (k - len(hot)) if mode == "fetch-on-miss" else 0)
 
 
 def test_duplicate_selection_and_bypass(engine):
@@ -104,14 +117,16 @@ def test_duplicate_selection_and_bypass(engine):
                                   bypass=True)
     assert c["hit_sel"] == 0 and c["cold_distinct"] == 3
     ref = reference_layer(engine, 0, x, [5, 2, 9], [0.2, 0.3, 0.5])
-    assert np.allclose(_np(out).ravel(), ref, rtol=1e-5, atol=1e-6)
+    got = _np(out).ravel()
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL[engine.shape.dtype]
 
 
 def test_uploads_put_the_right_weights_in_the_right_slot(engine):
     engine.set_slots(np.array([3, 0, 1]))
     events = np.array([[0, 0, 1, 7], [0, 0, 0, 4], [0, 2, 0, 11], [1, 0, 1, 2]])
     n, nbytes = engine.apply_uploads(events, blocking=True)
-    assert n == 4 and nbytes == 4 * SHAPE.expert_bytes
+    assert n == 4 and nbytes == 4 * engine.shape.expert_bytes
+    assert engine.pool[0].dtype == engine.q[0].dtype  # the slots hold the host dtype: an upload is a plain copy
     assert engine.resident(0).tolist() == [4, 2, -1]
     assert engine.resident(1).tolist() == []
     assert engine.resident(2).tolist() == [11]
@@ -165,7 +180,7 @@ def test_live_run_matches_replay_for_every_policy(engine, name, mode):
     assert run.hit_sel_layers.tolist() == res.hit_sel[dec].tolist()
     assert run.cold_distinct.tolist() == res.cold_distinct[dec].sum(axis=1).tolist()
     assert run.uploads.tolist() == res.uploads[dec].sum(axis=1).tolist()
-    eb = SHAPE.expert_bytes
+    eb = engine.shape.expert_bytes
     if mode == "cold-cpu":
         want = res.uploads[dec].sum(axis=1) * eb
     else:
@@ -198,7 +213,7 @@ def test_live_outputs_match_reference_along_a_run(engine):
             for layer in range(SHAPE.n_layers):
                 x, _ = engine.forward_layer(layer, x, sched.experts[t, layer], sched.weights[t, layer])
                 xr = reference_layer(engine, layer, xr, sched.experts[t, layer], sched.weights[t, layer])
-            assert np.linalg.norm(_np(x).ravel() - xr) / np.linalg.norm(xr) < 1e-5
+            assert np.linalg.norm(_np(x).ravel() - xr) / np.linalg.norm(xr) < TOL[engine.shape.dtype]
         engine.apply_uploads(ev[ev[:, 0] == s], blocking=False)
 
 
@@ -216,6 +231,18 @@ def test_shape_from_spec_and_engine_model_spec():
     # the dense part the engine builds is within one row-block of the requested bytes
     assert abs(m.dense_bytes / 12 - sh.dense_bytes_per_layer) <= 3072 * 3072 * 2
     json.dumps(m.to_dict())
+    # the simulator prices exactly the bytes the engine moves: weights x bytes per weight of the dtype
+    for dtype, elem in (("int8", 1), ("fp32", 4), ("bf16", 2), ("fp16", 2)):
+        n = default_layers(dtype)
+        sd = EngineShape.from_spec(spec, n_layers=n, dtype=dtype)
+        md = sd.model_spec(spec)
+        assert sd.expert_bytes == 3 * 3072 * 1024 * elem and set(md.expert_bytes) == {sd.expert_bytes}
+        assert md.n_layer == n and dtype in md.name
+        # the default layer count keeps the experts within 60 GB of a 125 GB host
+        assert n * 256 * sd.expert_bytes <= 60e9
+    assert EngineShape.from_spec(spec, n_layers=6, dtype="fp32").expert_bytes == 37_748_736
+    with pytest.raises(ValueError):
+        EngineShape.from_spec(spec, n_layers=6, dtype="int4")
 
 
 # ------------------------------------------------------------------ validate / calibrate on the CPU
@@ -259,13 +286,15 @@ def test_load_configs_refuses_bad_files(tmp_path):
         load_configs(tmp_path / "missing.json")
 
 
-def test_validate_end_to_end_on_cpu(tmp_path):
-    """Calibrate and validate the tiny engine on the CPU: files, keys, and the live counters equal the sim's."""
+@pytest.mark.parametrize("dtype", ["int8", "fp32"])
+def test_validate_end_to_end_on_cpu(tmp_path, dtype):
+    """Calibrate and validate the tiny engine on the CPU: files, keys, and the live counters equal the sim's;
+    the simulated model's expert bytes follow the dtype, and the CPU-path line compares the calibrated rates."""
     from hotexperts.runtime.calibrate import calibrate, write_profile
     from hotexperts.runtime.validate import LiveConfig, validate
 
     spec = _tiny_spec()
-    cal = calibrate(model=spec, n_layers=3, device="cpu", cpu_threads=1, reps=2, log=lambda m: None)
+    cal = calibrate(model=spec, n_layers=3, dtype=dtype, device="cpu", cpu_threads=1, reps=2, log=lambda m: None)
     hw_path = tmp_path / "hw.json"
     write_profile(cal, hw_path)
     hw = json.loads(hw_path.read_text())
@@ -273,7 +302,7 @@ def test_validate_end_to_end_on_cpu(tmp_path):
     cfgs = [LiveConfig("all-cpu", "all-cpu"), LiveConfig("fork", "fork", {"interval": 5}, 4),
             LiveConfig("lru-fom", "lru", {}, 4, "fetch-on-miss")]
     res = validate(trace=_trace(n_decode=14), model=spec, hardware=str(hw_path), out=tmp_path / "v", configs=cfgs,
-                   n_layers=3, tokens=10, warmup=2, device="cpu", cpu_threads=1, log=lambda m: None)
+                   n_layers=3, dtype=dtype, tokens=10, warmup=2, device="cpu", cpu_threads=1, log=lambda m: None)
     saved = json.loads((tmp_path / "v" / "validation.json").read_text())
     assert (tmp_path / "v" / "validation.png").stat().st_size > 0 and (tmp_path / "v" / "validation.svg").exists()
     for key in ("machine", "date", "configs", "median_abs_error_pct", "max_abs_error_pct"):
@@ -288,6 +317,15 @@ def test_validate_end_to_end_on_cpu(tmp_path):
     assert saved["configs"][2]["measured_upload_bytes"] > 0
     errs = [abs(r["error_pct"]) for r in saved["configs"]]
     assert res["max_abs_error_pct"] == pytest.approx(max(errs))
+    elem = {"int8": 1, "fp32": 4}[dtype]
+    assert saved["engine"]["expert_dtype"] == dtype and dtype in saved["model"]
+    # fetch-on-miss moves whole experts: its bytes are a multiple of the dtype's expert size
+    assert saved["configs"][2]["measured_upload_bytes"] % (3 * 32 * 16 * elem) == 0
+    cv, raw = saved["cpu_path_vs_dram"], cal["measurements"]["cpu_path_vs_dram"]
+    assert cv["cpu_expert_gbs"] == hw["cpu_expert_bw"] and cv["dram_read_gbs"] == hw["dram_bw"]
+    assert cv["half_dram_gbs"] == pytest.approx(hw["dram_bw"] / 2)
+    assert cv["met"] == (hw["cpu_expert_bw"] >= hw["dram_bw"] / 2)
+    assert raw["met"] == (raw["cpu_expert_gbs"] >= raw["dram_read_gbs"] / 2) and raw["expert_dtype"] == dtype
 
 
 def test_cli_refuses_bad_input(tmp_path, capsys):
