@@ -199,7 +199,7 @@ class SynthParams:
             if x.tail_knee < 1:
                 raise InputError(src, f"layer {i}: tail_knee={x.tail_knee} out of range (>= 1)")
             if x.copy_next_decode + x.copy_far >= 1 or x.copy_next_prefill + x.copy_far >= 1:
-                    raise InputError(src, f"layer {i}: {name}={v} out of range")
+                raise InputError(src, f"layer {i}: copy probabilities sum to 1 or more (copy_far={x.copy_far})")
         if not (0 <= self.request_share <= 1) or self.drift_tau <= 0 or self.drift_every < 1:
             raise InputError(src, "request_share, drift_tau or drift_every out of range")
 
@@ -501,6 +501,7 @@ _GRIDS = {
     "tail_exponent": np.linspace(0.0, 6.0, 13),
     "tail_knee": np.linspace(4.0, 8.0, 9),  # searched as log2(knee): ranks 16..256
 }
+_MAX_COPY = 0.95  # largest next-token + far copy probability the fit may choose
 # parameters searched on a log2 scale (the grid above holds log2 values)
 _LOG2_PARAMS = frozenset({"tail_knee"})
 
@@ -644,6 +645,9 @@ def fit_synth(
                     v = 2.0**v
                 trial[name_p] = v
                 loss, _ = evaluate(trial, sigma_z)
+                # the copy probabilities must leave room for popularity draws (SynthParams.check)
+                top = np.maximum(trial["copy_next_decode"], trial["copy_next_prefill"]) + trial["copy_far"]
+                loss = np.where(top < _MAX_COPY, loss, np.inf)
                 better = loss < best_loss
                 cur[name_p] = np.where(better, v, cur[name_p])
                 best_loss = np.where(better, loss, best_loss)
