@@ -230,8 +230,8 @@ def test_fidelity_on_real_heldout(kimi_coding_csv, kimi_alt_csv):
     replay engine (lru, fork, belady; 8..128 slots) on the held-out 40 % (warm cache, as in the run)
     and on a different conversation (alt-conv), synthetic = mean of seeds with the same layout.
 
-    Bounds are the measured gaps (docs/synthetic-traces.md) plus a small margin, not the 3-point goal
-    where it is not met; the goal itself is asserted where it holds (Belady on the held-out part).
+    The 3-point goal is asserted where it holds (every curve on the held-out part); on alt-conv the
+    bounds are the measured gaps (docs/synthetic-traces.md) plus a margin, so a regression shows.
     """
     from hotexperts.sim.replay import replay
     from hotexperts.tracer.importers import import_trace
@@ -244,7 +244,7 @@ def test_fidelity_on_real_heldout(kimi_coding_csv, kimi_alt_csv):
         cut = int(round(0.6 * dec.size))
         keep = np.ones(coding.n_tokens, bool)
         keep[dec[cut:]] = False
-        params = fit_synth(coding.select(keep), n_seeds=2, rounds=2)
+        params = fit_synth(coding.select(keep), n_seeds=3, rounds=3)
 
     def rates(tr: Trace, policy: str, first: int) -> np.ndarray:
         out = []
@@ -260,12 +260,19 @@ def test_fidelity_on_real_heldout(kimi_coding_csv, kimi_alt_csv):
         syn = [sample_synth(params, n_tokens=0, layout=real, seed=s) for s in seeds]
         for pol in ("lru", "fork", "belady"):
             gaps[name, pol] = np.mean([rates(t, pol, first) for t in syn], 0) - rates(real, pol, first)
+    # the 3-point goal, where it holds: the held-out coding part (max |gap| with 8 seeds: LRU 2.7,
+    # fork 2.9, Belady 2.2; with these 3 seeds 2.6, 2.8, 2.2)
     assert np.abs(gaps["coding", "belady"]).max() <= 3.0, gaps["coding", "belady"]
-    assert np.abs(gaps["coding", "lru"]).max() <= 6.0, gaps["coding", "lru"]
-    assert np.abs(gaps["coding", "fork"]).max() <= 8.0, gaps["coding", "fork"]
-    assert np.abs(gaps["alt", "belady"]).max() <= 5.0, gaps["alt", "belady"]
-    assert np.abs(gaps["alt", "lru"]).max() <= 10.0, gaps["alt", "lru"]
-    assert np.abs(gaps["alt", "fork"]).max() <= 14.0, gaps["alt", "fork"]
+    assert np.abs(gaps["coding", "lru"]).max() <= 3.0, gaps["coding", "lru"]
+    assert np.abs(gaps["coding", "fork"]).max() <= 3.0, gaps["coding", "fork"]
+    # measured gaps + margin where it does not hold: alt-conv, a less local conversation than the one
+    # the parameters were fitted on (8 seeds: LRU 9.2, fork 14.6, Belady 4.1)
+    assert np.abs(gaps["alt", "belady"]).max() <= 5.5, gaps["alt", "belady"]
+    assert np.abs(gaps["alt", "lru"]).max() <= 10.5, gaps["alt", "lru"]
+    assert np.abs(gaps["alt", "fork"]).max() <= 15.5, gaps["alt", "fork"]
+    # alt-conv's synthetic curves lie above the real ones: the conversation is less local, not the
+    # model noisier (docs/synthetic-traces.md, "alt-conv")
+    assert gaps["alt", "lru"].min() > 0 and gaps["alt", "belady"].min() > 0
 
 
 def test_fit_on_real_trace_reports_quality(kimi_coding_csv):
