@@ -65,6 +65,7 @@ __all__ = [
     "policy_of",
     "predict",
     "validate",
+    "warm_up",
 ]
 
 # llama.cpp's default KV cache type (the bench does not change it)
@@ -102,7 +103,7 @@ def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
     d = Path(folder)
     if not d.is_dir():
         raise InputError(d, "no such folder")
-    out: list[tuple[str, str, dict[str, Any]]] = []
+    out: list[tuple[str, float, str, dict[str, Any]]] = []
     for p in sorted(d.glob("bench-*.json")):
         try:
             r = json.loads(p.read_text(encoding="utf-8"))
@@ -110,11 +111,12 @@ def load_results(folder: str | Path) -> dict[str, dict[str, Any]]:
             raise InputError(p, f"cannot read a bench result: {exc}") from None
         if not isinstance(r, dict) or "placement" not in r or "decode_tok_s" not in r:
             raise InputError(p, "not a `hotexperts bench llamacpp` result (no placement / decode_tok_s)")
-        out.append((str(r.get("date", "")), p.stem[len("bench-"):], r))
+        out.append((str(r.get("date", "")), p.stat().st_mtime, p.stem[len("bench-"):], r))
     if not out:
         raise InputError(d, "no bench-*.json results")
-    out.sort(key=lambda t: t[0])
-    return {name: r for _, name, r in out}
+    # NOTE: the results' dates have 1 s resolution; the file time orders runs within one second
+    out.sort(key=lambda t: (t[0], t[1]))
+    return {name: r for _, _, name, r in out}
 
 
 def policy_of(placement: str, n_layer: int) -> tuple[str, dict[str, Any]] | None:
@@ -409,14 +411,31 @@ def format_table(v: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def warm_up() -> None:
+    """Compile the kernels ``predict`` needs on a tiny model (numba caches them), e.g. during a build."""
+    spec = ModelSpec.from_dict({
+        "name": "warm-up", "arch": "qwen3moe", "n_layer": 2, "moe_layers": [0, 1], "n_expert": 8, "n_expert_used": 2,
+        "hidden_size": 64, "expert_ff": 32, "expert_bytes": [6528, 6528], "dense_bytes": 100000,
+        "n_head": 4, "n_head_kv": 2, "head_dim": 16,
+    })
+    trace = bench_trace(spec, prompt_tokens=8, gen_tokens=4, n_ubatch=8)
+    _sim(trace, spec, HardwareProfile.from_dict(BASE_H200), "n-cpu-moe=1")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path, help="folder with bench-<name>.json results")
+    ap.add_argument("folder", type=Path, nargs="?", help="folder with bench-<name>.json results")
+    ap.add_argument("--warm-up", action="store_true", help="only compile the simulator's kernels (numba cache)")
     ap.add_argument("--model", default=None, help="GGUF (or spec) of the runs (default: the path in the results)")
     ap.add_argument("--calibrate", default=None, help="two run names, comma-separated (default: gpu, n-cpu-moe=L)")
     ap.add_argument("--base-hw", type=Path, default=None, help="JSON object overriding BASE_H200 fields")
     ap.add_argument("--out", type=Path, default=None, help="default FOLDER/llamacpp-validation.json")
     args = ap.parse_args(argv)
+    if args.warm_up:
+        warm_up()
+        return 0
+    if args.folder is None:
+        ap.error("FOLDER is required")
     try:
         base = json.loads(args.base_hw.read_text()) if args.base_hw else None
         v = validate(args.folder, model=args.model, base=base,
