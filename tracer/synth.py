@@ -3,12 +3,13 @@
 The generator ("drifting-popularity copy model", described with its equations in
 ``docs/synthetic-traces.md``) draws, per MoE layer and token, ``top_k`` distinct experts. Each pick
 either *copies* an expert that a recent token of the same request used (distance ``d`` drawn from a
-power-law kernel ``q(d) ~ d^-gamma``: temporal locality, next-token reuse) or draws from a log-normal
-*popularity* vector (skew) made of a static part, a part redrawn at each request start (request
-boundaries shift the hot set) and an AR(1) drift (popularity drift over time). The copy probability
+power-law kernel ``q(d) ~ d^-gamma``: temporal locality, next-token reuse) or draws from a
+*popularity* vector (skew): a Zipf head with a steeper tail beyond a knee rank, the ranking made of
+a static part and a part redrawn at each request start (request boundaries shift the hot set), plus
+an AR(1) log-popularity drift (popularity drift over time). The copy probability
 has its own value for prefill and decode tokens and moves with a latent per-token state shared by all
 layers (inter-layer correlation). It is a Simon/Yule-style copying process (H. A. Simon, "On a class
-of skew distribution functions", Biometrika 1955) mixed with a log-normal popularity, chosen because
+of skew distribution functions", Biometrika 1955) mixed with a Zipf popularity, chosen because
 its reuse-distance distribution is set directly by the kernel and it samples in O(top_k) per
 (token, layer).
 
