@@ -177,7 +177,8 @@ def validate(
         f"{n_layers * shape.n_expert * shape.expert_bytes / 1e9:.1f} GB host)")
     t0 = time.perf_counter()
     eng = MoEEngine(shape, device=device, cpu_threads=cpu_threads, distinct_experts=16)
-    say(f"validate: engine ready in {time.perf_counter() - t0:.1f} s (pinned={eng.pinned})")
+    pinned = eng.pinned  # NOTE: read now: close() unregisters the host memory and clears the flag
+    say(f"validate: engine ready in {time.perf_counter() - t0:.1f} s (pinned={pinned})")
     rows = []
     try:
         for i, (c, pol) in enumerate(zip(cfgs, pols)):
@@ -233,7 +234,7 @@ def validate(
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": espec.name,
         "engine": {**shape.to_dict(), "expert_dtype": dtype, "compute_dtype": str(eng.dtype),
-                   "cpu_threads": eng.cpu_threads, "pinned": eng.pinned},
+                   "cpu_threads": eng.cpu_threads, "pinned": pinned},
         "trace": {"n_tokens": int(mtr.n_tokens), "decode_steps": int(warmup + tokens), "warmup": int(warmup),
                   "layer_map": [int(x) for x in lmap], "source": str(trace.meta.get("source", ""))},
         "hardware": hw.to_dict(),
