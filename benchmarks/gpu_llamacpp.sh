@@ -41,6 +41,11 @@ case "$LIKE" in /*|*.json|*.gguf) [ -e "$LIKE" ] && LIKE="$(realpath "$LIKE")";;
 rm -f "$WORK"/bench-*.json "$WORK"/llamacpp-validation.json
 exec > >(tee -a "$OUTDIR/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
+# NOTE: the first H200 run (2026-11-29) segfaulted in every bench within 2 s of start; llama.cpp's
+# extra CPU buffer types (AMX repack, built in by the native build on that Xeon) are the suspect, as
+# they crash this sandbox's CPU the same way (SIGILL). Turn them off (llama_model_params.use_extra_bufts)
+# and dump a Python-level stack if a run still crashes.
+export HOTEXPERTS_NO_EXTRA_BUFTS="${HOTEXPERTS_NO_EXTRA_BUFTS:-1}" PYTHONFAULTHANDLER=1
 PHASES=()
 left() { echo $(( BUDGET - (SECONDS - T_START) )); }
 phase() { PHASES+=("\"$1\": $2"); echo "-- $1: $2 s (elapsed $((SECONDS - T_START)) s, left $(left) s)"; }
