@@ -117,7 +117,7 @@ class StepCounts:
 
     def __post_init__(self) -> None:
         S = int(np.asarray(self.step_tokens).shape[0])
-        conv = {
+        conv: dict[str, np.ndarray] = {
             "step_tokens": np.asarray(self.step_tokens, np.int64),
             "step_phase": np.asarray(self.step_phase, np.uint8),
             "step_pos": np.asarray(self.step_pos, np.int64),
@@ -438,7 +438,7 @@ def evaluate(
     handoff = handoff_l.sum(axis=1)
 
     # ---- batched (prompt) steps: op offload copies + GPU compute
-    copy_b = np.where(batched, prefill_copy_bytes(model, counts.slots, counts.bypass, b), 0.0)
+    copy_b = np.where(batched, prefill_copy_bytes(model, counts.slots, np.asarray(counts.bypass, np.bool_), b), 0.0)
     prefill_copy = copy_b / (hw.prefill_pcie_bw * _GB)
     prefill_compute = np.where(batched, hw.dense_fixed_ms * 1e-3 + n * hw.gpu_prefill_ms_per_token * 1e-3, 0.0)
 
@@ -517,7 +517,7 @@ def prefill_throughput(
     if n_prompt <= 0 or ubatch <= 0:
         raise ValueError("n_prompt and ubatch must be positive")
     L = model.n_moe_layers
-    sl = np.full(L, int(slots), np.int64) if np.ndim(slots) == 0 else np.asarray(slots, np.int64)
+    sl = np.full(L, int(np.asarray(slots)), np.int64) if np.ndim(slots) == 0 else np.asarray(slots, np.int64)
     sizes = [ubatch] * (n_prompt // ubatch) + ([n_prompt % ubatch] if n_prompt % ubatch else [])
     pos = np.cumsum(sizes) - 1 + pos0
     nb = np.asarray(sizes)
@@ -577,7 +577,7 @@ def vram_breakdown(
     budget, fits, free}`` (bytes; ``fits`` bool) plus ``slots_per_layer`` and ``compute_buffer_parts``.
     """
     b = expert_bytes_array(model)
-    sl = np.full(b.shape[0], int(slots), np.int64) if np.ndim(slots) == 0 else np.asarray(slots, np.int64)
+    sl = np.full(b.shape[0], int(np.asarray(slots)), np.int64) if np.ndim(slots) == 0 else np.asarray(slots, np.int64)
     if sl.shape != b.shape:
         raise InputError(None, f"{sl.size} slot counts for {b.size} MoE layers of {model.name}")
     if np.any(sl < 0) or np.any(sl > model.n_expert):

@@ -79,7 +79,7 @@ def map_trace_to_model(trace: Trace, model: ModelSpec, *, remap: bool = False, p
     if trace.n_layers == model.n_moe_layers:
         if tuple(trace.moe_layers) == tuple(model.moe_layers):
             return trace, lm
-        idx = slice(None)
+        idx: slice | np.ndarray = slice(None)
     else:
         idx = lm
     meta = dict(trace.meta)

@@ -436,7 +436,7 @@ def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0) -> Any:
         raise HotExpertsError(f"cannot open study storage {url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True, group=True,
                                          n_startup_trials=min(20, max(5, cfg.trials // 10)))
-    directions = ["maximize", "minimize"] if cfg.multi_objective else ["maximize"]
+    directions: list[Any] = ["maximize", "minimize"] if cfg.multi_objective else ["maximize"]
     for attempt in range(5):
         try:
             study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,

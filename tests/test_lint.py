@@ -14,3 +14,11 @@ def test_ruff_clean():
     cmd = [exe] if exe else [sys.executable, "-m", "ruff"]
     out = subprocess.run([*cmd, "check", "--no-cache", str(REPO)], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_mypy_clean():
+    """The laptop stages type-check (mypy, configured in pyproject.toml; runtime/ is not yet covered)."""
+    exe = shutil.which("mypy")
+    cmd = [exe] if exe else [sys.executable, "-m", "mypy"]
+    out = subprocess.run([*cmd, "--no-incremental"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

@@ -55,7 +55,7 @@ _WEIGHTS_RE = re.compile(r"^ffn_moe_weights-(\d+)$")
 _GGML_TYPE_F32 = 0
 _GGML_TYPE_F16 = 1
 _GGML_TYPE_I32 = 26
-_NP_TYPES = {
+_NP_TYPES: dict[int, np.dtype[Any]] = {
     _GGML_TYPE_F32: np.dtype("<f4"),
     _GGML_TYPE_F16: np.dtype("<f2"),
     _GGML_TYPE_I32: np.dtype("<i4"),
@@ -645,7 +645,7 @@ class _Collector:
         self.layers = header.moe_layers
         self.k = header.n_expert_used
         self.ids: list[np.ndarray] = []
-        self.w: list[np.ndarray | None] = []
+        self.w: list[np.ndarray] = []
         self.present: list[np.ndarray] = []
         self.phase: list[int] = []
         self.request: list[int] = []
@@ -745,9 +745,9 @@ class _Collector:
 def _model_meta(path: Path, header: _ModelHeader) -> dict[str, Any]:
     """The model spec dict (hotexperts.modelspec when available), else the header facts."""
     try:
-        from hotexperts.modelspec import spec_from_gguf  # type: ignore[attr-defined]
-    except ImportError:
-        spec_from_gguf = None
+        from hotexperts.modelspec import spec_from_gguf
+    except ImportError:  # pragma: no cover - the package ships it
+        spec_from_gguf = None  # type: ignore[assignment]
     if spec_from_gguf is not None:
         try:
             spec = spec_from_gguf(path)

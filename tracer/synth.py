@@ -630,9 +630,9 @@ def fit_synth(
     best_loss, _ = evaluate(cur, sigma_z)
     for r in range(rounds):
         for name_p in order:
-            grid = _GRIDS[name_p]
+            grid: np.ndarray | None = _GRIDS[name_p]
             if r > 0:  # refine around the current value
-                step = (grid[1] - grid[0]) / 2 ** r
+                step = (_GRIDS[name_p][1] - _GRIDS[name_p][0]) / 2 ** r
                 grid = None
             log2 = name_p in _LOG2_PARAMS
             for j in range(len(_GRIDS[name_p]) if grid is not None else 5):

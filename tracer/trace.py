@@ -292,7 +292,7 @@ class Trace:
         lay = np.tile(np.asarray(self.moe_layers, dtype=np.int32), n)
         cols: dict[str, Any] = {
             "token": tok,
-            "phase": pd.Categorical.from_codes(self.phase[tok].astype(np.int8), categories=list(PHASE_NAMES)),
+            "phase": pd.Categorical.from_codes(self.phase[tok].astype(np.int8), dtype=pd.CategoricalDtype(list(PHASE_NAMES))),
             "request": self.request[tok],
             "ubatch": self.ubatch[tok],
             "pos": self.pos[tok],
@@ -310,9 +310,9 @@ class Trace:
             if self.present is not None:
                 df = df[self.present.reshape(-1)].reset_index(drop=True)
             return df
-        rep = {name: np.repeat(np.asarray(v), k) for name, v in cols.items() if name != "phase"}
+        rep: dict[str, Any] = {name: np.repeat(np.asarray(v), k) for name, v in cols.items() if name != "phase"}
         rep["phase"] = pd.Categorical.from_codes(
-            np.repeat(self.phase[tok].astype(np.int8), k), categories=list(PHASE_NAMES)
+            np.repeat(self.phase[tok].astype(np.int8), k), dtype=pd.CategoricalDtype(list(PHASE_NAMES))
         )
         rep["slot"] = np.tile(np.arange(k, dtype=np.int8), n * nl)
         rep["expert"] = flat.reshape(-1)
@@ -378,7 +378,7 @@ class Trace:
                 "shape": list(a.shape),
                 "offset": 0,
                 "nbytes": int(a.nbytes),
-                "crc32": zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")) & 0xFFFFFFFF,
+                "crc32": zlib.crc32(_bytes_view(a)) & 0xFFFFFFFF,
             }
         for _ in range(3):
             header = json.dumps(header_obj, separators=(",", ":"), sort_keys=True).encode()
@@ -392,7 +392,7 @@ class Trace:
             fh.write(header)
             for name, a in arrays.items():
                 fh.seek(directory[name]["offset"])
-                fh.write(memoryview(np.ascontiguousarray(a)).cast("B"))
+                fh.write(_bytes_view(a))
             fh.truncate(_align(fh.tell()))
             fh.flush()
             os.fsync(fh.fileno())
@@ -463,11 +463,11 @@ class Trace:
                 else:
                     a = np.empty(shape, dtype=dtype)
                     fh.seek(offset)
-                    got = fh.readinto(memoryview(a).cast("B")) if nbytes else 0
+                    got = fh.readinto(_bytes_view(a, contiguous=True)) if nbytes else 0
                     if got != nbytes:
                         raise InputError(p, f"truncated file: array {name!r} short read ({got} of {nbytes} bytes)")
                 if verify and "crc32" in d:
-                    crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")) & 0xFFFFFFFF
+                    crc = zlib.crc32(_bytes_view(a)) & 0xFFFFFFFF
                     if crc != int(d["crc32"]):
                         raise InputError(p, f"corrupt data: array {name!r} fails its CRC-32 check")
                 arrays[name] = a
@@ -516,6 +516,12 @@ class Trace:
             f"Trace(n_tokens={self.n_tokens}, prefill={self.n_prefill_tokens}, decode={self.n_decode_tokens}, "
             f"n_layers={self.n_layers}, top_k={self.top_k}, n_expert={self.n_expert}, steps={self.n_steps})"
         )
+
+
+def _bytes_view(a: np.ndarray, *, contiguous: bool = False) -> memoryview:
+    """A flat byte view of an array (no copy when it is already C-contiguous)."""
+    arr = a if contiguous else np.ascontiguousarray(a)
+    return memoryview(arr.data).cast("B")
 
 
 def _align(x: int) -> int:

@@ -112,9 +112,9 @@ def read_vllm_jsonl(path: str | os.PathLike[str], *, n_expert: int | None = None
         rec_line.append(lineno)
     if not rec_req:
         raise InputError(path, "no routing records")
-    req = np.asarray(rec_req, np.int64)
-    lay = np.asarray(rec_layer, np.int64)
-    tok = np.asarray(rec_tok, np.int64)
+    req_a = np.asarray(rec_req, np.int64)
+    lay_a = np.asarray(rec_layer, np.int64)
+    tok_a = np.asarray(rec_tok, np.int64)
     ids_a = np.asarray(rec_ids, np.int64)
     w_a = np.asarray(rec_w, np.float64)
     lines = np.asarray(rec_line, np.int64)
@@ -122,17 +122,17 @@ def read_vllm_jsonl(path: str | os.PathLike[str], *, n_expert: int | None = None
         check_ids(path, ids_a, n_expert, where_of=lambda i: f"line {int(lines[i // k])}")
     ne, inferred = resolve_n_expert(path, int(ids_a.max()), n_expert)
 
-    layers = np.unique(lay)
+    layers = np.unique(lay_a)
     L = int(layers.size)
-    lidx = np.searchsorted(layers, lay)
+    lidx = np.searchsorted(layers, lay_a)
     n_req = len(problems)
     req_len = np.zeros(n_req, np.int64)
-    np.maximum.at(req_len, req, tok + 1)
+    np.maximum.at(req_len, req_a, tok_a + 1)
     if int(req_len.sum()) > 2**31 - 1:
         raise InputError(path, "too many tokens")
     req_off = np.zeros(n_req + 1, np.int64)
     np.cumsum(req_len, out=req_off[1:])
-    row_tok = req_off[req] + tok
+    row_tok = req_off[req_a] + tok_a
     n_tok = int(req_off[-1])
     key = row_tok * L + lidx
     order = np.argsort(key, kind="stable")
@@ -140,7 +140,7 @@ def read_vllm_jsonl(path: str | os.PathLike[str], *, n_expert: int | None = None
     if dup.size:
         i = int(order[dup[0] + 1])
         raise InputError(
-            path, f"duplicate row for token {int(tok[i])} layer {int(lay[i])} of this problem", where=f"line {int(lines[i])}"
+            path, f"duplicate row for token {int(tok_a[i])} layer {int(lay_a[i])} of this problem", where=f"line {int(lines[i])}"
         )
     experts = np.zeros((n_tok, L, k), np.int64)
     experts[row_tok, lidx] = ids_a
