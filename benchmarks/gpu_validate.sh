@@ -58,13 +58,11 @@ time "$PY" -m hotexperts calibrate --model "$MODEL" "${THR[@]}" --out "$OUTDIR/h
 echo "== validate"
 time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR" \
   --tokens "$TOKENS" "${THR[@]}"
-if [ "${TUNE_TRIALS:-0}" -gt 0 ] && [ "${DTYPE:-fp32}" != int8 ]; then
-  # benchmarks/tune_live.py builds the engine's model spec with int8 expert bytes (EngineShape's default)
-  echo "== tune skipped: benchmarks/tune_live.py prices int8 experts only; run with DTYPE=int8 for it"
-elif [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
+if [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
+  LAYERS_OPT=(); if [ -n "$LAYERS" ]; then LAYERS_OPT=(--layers "$LAYERS"); fi
   echo "== tune with hw.json, then its pick and the fork default live"
   time "$PY" "$REPO/benchmarks/tune_live.py" "$OUTDIR/tune-live" "$OUTDIR/hw.json" "$TRACE" \
-    --layers "${LAYERS:-12}" --trials "$TUNE_TRIALS" --model "$MODEL"
+    "${LAYERS_OPT[@]}" --dtype "${DTYPE:-fp32}" --trials "$TUNE_TRIALS" --model "$MODEL"
   time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR/tune-live" \
     --configs "$OUTDIR/tune-live/tune-configs.json" --tokens "$TOKENS" "${THR[@]}"
 fi

@@ -4,7 +4,7 @@ The issue-6 check: the configuration ``hotexperts tune`` picks with the calibrat
 the live engine actually builds), run live, must beat the fork's default (K=44, interval 60, PP bypass 64)
 run live at the same VRAM budget. This script:
 
-1. writes the engine's model spec (``EngineShape.model_spec``: the engine's layers, int8 expert bytes, dense
+1. writes the engine's model spec (``EngineShape.model_spec``: the engine's layers, expert bytes of its dtype, dense
    bytes, no attention) to ``OUT/engine-model.json``;
 2. takes the budget as the VRAM the fork default needs on that model (``vram_breakdown``, context 0: the
    engine has no KV cache), in GiB;
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from hotexperts._atomic import write_text_atomic
 from hotexperts.modelspec import load_model_spec
-from hotexperts.runtime.engine import EngineShape
+from hotexperts.runtime.engine import EngineShape, default_layers
 from hotexperts.sim.cost import GiB, vram_breakdown
 from hotexperts.sim.hardware import load_hardware
 
@@ -39,14 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out")
     ap.add_argument("hardware")
     ap.add_argument("trace")
-    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--layers", type=int, default=None, help="engine MoE layers (default: by --dtype)")
+    ap.add_argument("--dtype", default="int8", help="engine host/slot expert dtype (int8, fp32, bf16, fp16)")
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--model", default="qwen3.5-122b-a10b-q4_k_l")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = load_model_spec(a.model)
-    espec = EngineShape.from_spec(spec, n_layers=a.layers).model_spec(spec)
+    n_layers = a.layers or default_layers(a.dtype)
+    espec = EngineShape.from_spec(spec, n_layers=n_layers, dtype=a.dtype).model_spec(spec)
     mpath = out / "engine-model.json"
     write_text_atomic(mpath, json.dumps(espec.to_dict()) + "\n")
     hw = load_hardware(a.hardware)
