@@ -132,6 +132,13 @@ fi
   || { echo "llama_cpp does not import"; exit 1; }
 "$PY" -m hotexperts model "$MODEL" --json > "$WORK/model.json"
 
+echo "== diagnosis: load a 1-layer model five ways, each in its own process (benchmarks/llamacpp_diag.py)"
+t=$SECONDS
+"$PY" -m hotexperts model make --like "$LIKE" --layers 1 --type "$TYPE" --out "$WORK/diag-1l.gguf" \
+  && timeout 300 "$PY" "$REPO/benchmarks/llamacpp_diag.py" "$WORK/diag-1l.gguf" --timeout 90 --out "$OUTDIR/diag.json" \
+  || echo "diagnosis did not complete"
+phase diag $((SECONDS - t))
+
 echo "== benchmarks ($REPS x ($PROMPT prompt + $GEN generated) tokens, $THREADS threads)"
 LONGEST=20
 RESERVE=35  # seconds kept for the validation and the bundling
