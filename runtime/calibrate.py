@@ -140,7 +140,10 @@ def calibrate(
                     src = torch.randint(0, 255, (n,), dtype=torch.uint8)
                     if kind == "pinned":
                         src = src.pin_memory()
-                    t = _median(lambda s=src, d=dst, p=kind == "pinned": d.copy_(s, non_blocking=p), reps, sync=sync)
+                    def copy(s: torch.Tensor = src, d: torch.Tensor = dst, p: bool = kind == "pinned") -> None:
+                        d.copy_(s, non_blocking=p)
+
+                    t = _median(copy, reps, sync=sync)
                     h2d[kind][str(n)] = n / t / 1e9
                 del dst
             eng.set_slots(np.array([1, 1]))

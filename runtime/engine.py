@@ -323,6 +323,7 @@ class _Streams:
 
     def sync_compute(self) -> None:
         if self.cuda:
+            assert self.compute is not None
             self.compute.synchronize()
 
 
@@ -506,6 +507,7 @@ class MoEEngine:
         if not st.cuda:
             return
         if blocking:
+            assert st.copy is not None
             st.copy.synchronize()
             self._ready[layer] = None
         else:
@@ -528,7 +530,9 @@ class MoEEngine:
             return None
         sf = self.shape.shared_ff
         gu = F.linear(a, wgu)
-        return F.linear(F.silu(gu[:, :sf]) * gu[:, sf:], self.shared_d[layer])
+        wd = self.shared_d[layer]
+        assert wd is not None
+        return F.linear(F.silu(gu[:, :sf]) * gu[:, sf:], wd)
 
     def _grouped(self, layer: int, a: torch.Tensor, slots: torch.Tensor, experts: torch.Tensor,
                  w: torch.Tensor) -> torch.Tensor:
@@ -588,6 +592,7 @@ class MoEEngine:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         st = self.streams
         if st.cuda and self._ready[layer] is not None:
+            assert st.compute is not None
             st.compute.wait_event(self._ready[layer])
             self._ready[layer] = None
         a = self._dense(layer, x)
@@ -657,6 +662,7 @@ class MoEEngine:
         """Apply upload events ``(step, layer, slot, expert)`` (one step's); returns (experts, PCIe bytes)."""
         st = self.streams
         if st.cuda and len(events):
+            assert st.copy is not None and st.compute is not None
             st.copy.wait_stream(st.compute)  # never overwrite a slot the step still reads
         n, nbytes = 0, 0
         layers = sorted({int(r[1]) for r in events})

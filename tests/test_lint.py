@@ -17,7 +17,7 @@ def test_ruff_clean():
 
 
 def test_mypy_clean():
-    """The laptop stages type-check (mypy, configured in pyproject.toml; runtime/ is not yet covered)."""
+    """Every stage type-checks (mypy, configured in pyproject.toml)."""
     exe = shutil.which("mypy")
     cmd = [exe] if exe else [sys.executable, "-m", "mypy"]
     out = subprocess.run([*cmd, "--no-incremental"], capture_output=True, text=True, cwd=REPO)
