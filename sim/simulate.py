@@ -138,6 +138,31 @@ class SimResult:
     replay: Any = field(default=None, repr=False)
     cost: CostBreakdown | None = field(default=None, repr=False)
 
+    def upload_batches(self, limit: int = 500) -> dict[str, Any]:
+        """Uploads grouped by the step after which they happen (a rebalance, for the fork).
+
+        ``{"count": steps with uploads, "experts_mean", "bytes_mean", "items": [{step, decode_call, phase,
+        experts, bytes}, ...]}``, the items capped at ``limit`` (the first ones).
+        """
+        if self.replay is None or self.cost is None:
+            return {"count": 0, "experts_mean": 0.0, "bytes_mean": 0.0, "items": []}
+        experts = np.asarray(self.replay.uploads).sum(axis=1)
+        nbytes = np.asarray(self.cost.upload_bytes, np.float64)
+        phase = np.asarray(self.replay.step_phase)
+        decode_call = np.cumsum(phase == 1)
+        idx = np.flatnonzero(experts > 0)
+        items = [
+            {"step": int(s), "decode_call": int(decode_call[s]), "phase": "decode" if phase[s] == 1 else "prefill",
+             "experts": int(experts[s]), "bytes": float(nbytes[s])}
+            for s in idx[:limit]
+        ]
+        return {
+            "count": int(idx.size),
+            "experts_mean": float(experts[idx].mean()) if idx.size else 0.0,
+            "bytes_mean": float(nbytes[idx].mean()) if idx.size else 0.0,
+            "items": items,
+        }
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (no arrays beyond per-layer lists)."""
         return {
@@ -171,6 +196,7 @@ class SimResult:
                 "ms_per_decode_token": self.terms_ms_per_decode_token,
                 "prefill_seconds": self.terms_prefill_seconds,
             },
+            "upload_batches": self.upload_batches(),
             "remapped": self.remapped,
             "layer_map": self.layer_map,
             "pos_offset": self.pos_offset,

@@ -126,3 +126,29 @@ def test_hardware_commands(capsys):
     assert rc == 0 and "cpu_expert_bw" in out and "(fitted)" in out
     rc, out, _ = run(capsys, "hardware", "show", "h200-host", "--json")
     assert rc == 0 and json.loads(out)["name"] == "h200-host"
+
+
+def test_upload_batches_add_up_to_the_totals():
+    """Uploads grouped per step (rebalances for the fork) sum to the run's upload totals."""
+    import numpy as np
+
+    from hotexperts.modelspec import load_model_spec
+    from hotexperts.policies import make_policy
+    from hotexperts.sim.hardware import load_hardware
+    from hotexperts.sim.simulate import simulate
+    from hotexperts.tracer.trace import Trace
+
+    model = load_model_spec("qwen3.5-122b-a10b-q4_k_l")
+    rng = np.random.default_rng(5)
+    n = 300
+    ids = np.stack([rng.choice(64, size=8, replace=False) for _ in range(n * model.n_moe_layers)])
+    ids = ids.reshape(n, model.n_moe_layers, 8)
+    tr = Trace.from_arrays(ids, n_expert=256, moe_layers=model.moe_layers)
+    res = simulate(tr, model, load_hardware("rtx4090-7950x"), make_policy("fork", interval=20), 16)
+    ub = res.to_json()["upload_batches"]
+    assert ub["count"] == len(ub["items"]) > 1
+    assert sum(i["experts"] for i in ub["items"]) == res.upload_experts
+    assert sum(i["bytes"] for i in ub["items"]) == pytest.approx(res.upload_bytes)
+    # after FILLING, the fork only uploads at rebalances: decode calls that are multiples of the interval
+    steady = [i for i in ub["items"] if i["decode_call"] > 40]
+    assert steady and all(i["decode_call"] % 20 == 0 for i in steady)
