@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Validate a `llamacpp` cost model against llama.cpp itself on the H200 host, in ONE device call
-# (issue 7; NOT RUN YET, see docs/llamacpp.md). Steps, each timed, all inside BUDGET seconds:
+# (issue 7; see docs/llamacpp.md for the runs so far). Steps, each timed, all inside BUDGET seconds:
 #   1. install hotexperts' wheels (.whl/) and hotexperts into a private site folder (offline);
 #   2. build llama-cpp-python 0.3.36 with CUDA from the trimmed source in .llsrc/
 #      (benchmarks/prepare_llamacpp_sdist.sh), while `hotexperts model make` writes the random-weight
-#      model (Qwen3.5-122B expert shapes, LAYERS layers, q8_0) in parallel;
+#      model (Qwen3.5-122B expert shapes, LAYERS layers, q8_0) and a 1-layer one in parallel; a build
+#      left in SITE by an earlier call on the same (still warm) machine is reused;
 #   3. `hotexperts bench llamacpp` at: gpu and n-cpu-moe=LAYERS (the calibration runs), then the
 #      checks n-cpu-moe=N (NS, most informative first), all-cpu (-ngl 0, reference) and gpu again
-#      (drift); a run is skipped when the time left is below the longest run so far (+ margin);
+#      (drift); a run is skipped when the time left is below the longest run so far (+ margin).
+#      If the first run fails, benchmarks/llamacpp_diag.py loads the 1-layer model in every way it
+#      knows (diag.json) and the script stops there;
 #   4. benchmarks/llamacpp_validate.py: fit the profile on the two calibration runs, predict the rest
-#      with the simulator, write llamacpp-validation.json, print the table.
+#      with the simulator, write llamacpp-validation.json, print the table;
+#   5. with the time left, the diagnosis variants that explain the crash of the first attempts.
 # Outputs (OUTDIR, at most 8 files): llamacpp-validation.json, bench-all.json (every run's result),
-# model.json, phases.json, log.txt, build-tail.txt. The model itself stays in WORK (not in OUTDIR).
+# model.json, phases.json, log.txt, build-tail.txt, diag.json. The models stay in WORK.
 #
 # Usage: benchmarks/gpu_llamacpp.sh OUTDIR [LAYERS] [NS]
 #   LAYERS  layers of the made model (default 6: 6 x 2.57 GB of q8_0 experts = 15.4 GB)
 #   NS      --n-cpu-moe values to check (default "3 1 5 2 4", run in this order)
-# Environment: PYTHON (python3), BUDGET (seconds for the whole script, default 500), THREADS (nproc),
-#   REPS (3), PROMPT (512), GEN (128), LIKE (qwen3.5-122b-a10b-q4_k_l), TYPE (q8_0), WORK
-#   (/tmp/hx-llamacpp), WHEELS (REPO/.whl), LLAMA_SRC (REPO/.llsrc), CUDA_ARCH (90),
+# Environment: PYTHON (python3), BUDGET (seconds for the whole script, default 540), THREADS (nproc),
+#   REPS (3), PROMPT (512), GEN (128), LIKE (qwen3.5-122b-a10b-q4_k_l), TYPE (q8_0),
+#   WORK (REPO/.hxwork/work), SITE (REPO/.hxwork/site), WHEELS (REPO/.whl), LLAMA_SRC (REPO/.llsrc),
+#   CUDA_ARCH (90), CUDA_FA (OFF: FlashAttention CUDA kernels not built, a third less build time;
+#   llama.cpp then runs attention unfused, a small share of a step at these context lengths),
 #   SKIP_BUILD (1 = use the importable hotexperts and llama-cpp-python, e.g. a CPU dry run).
 set -uo pipefail
 T_START=$SECONDS
@@ -26,7 +32,7 @@ OUTDIR="${1:?usage: gpu_llamacpp.sh OUTDIR [LAYERS] [NS]}"
 LAYERS="${2:-6}"
 NS="${3:-3 1 5 2 4}"
 PY="${PYTHON:-python3}"
-BUDGET="${BUDGET:-500}"
+BUDGET="${BUDGET:-540}"
 REPS="${REPS:-3}"
 PROMPT="${PROMPT:-512}"
 GEN="${GEN:-128}"
@@ -34,17 +40,17 @@ LIKE="${LIKE:-qwen3.5-122b-a10b-q4_k_l}"
 TYPE="${TYPE:-q8_0}"
 THREADS="${THREADS:-$(nproc)}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-WORK="${WORK:-/tmp/hx-llamacpp}"
+WORK="${WORK:-$REPO/.hxwork/work}"
+SITE="${SITE:-$REPO/.hxwork/site}"
 mkdir -p "$OUTDIR" "$WORK"
 OUTDIR="$(cd "$OUTDIR" && pwd)"
 case "$LIKE" in /*|*.json|*.gguf) [ -e "$LIKE" ] && LIKE="$(realpath "$LIKE")";; esac
 rm -f "$WORK"/bench-*.json "$WORK"/llamacpp-validation.json
 exec > >(tee -a "$OUTDIR/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
-# NOTE: the first H200 run (2026-11-29) segfaulted in every bench within 2 s of start; llama.cpp's
-# extra CPU buffer types (AMX repack, built in by the native build on that Xeon) are the suspect, as
-# they crash this sandbox's CPU the same way (SIGILL). Turn them off (llama_model_params.use_extra_bufts)
-# and dump a Python-level stack if a run still crashes.
+# NOTE: llama.cpp's extra CPU buffer types (AMX, repacked weights) stay off: they crash this project's
+# sandbox CPU (SIGILL) and serve plain MUL_MAT, not the experts' MUL_MAT_ID. The faulthandler dumps a
+# Python-level stack if a run crashes (the first two H200 attempts segfaulted at model load).
 export HOTEXPERTS_NO_EXTRA_BUFTS="${HOTEXPERTS_NO_EXTRA_BUFTS:-1}" PYTHONFAULTHANDLER=1
 PHASES=()
 left() { echo $(( BUDGET - (SECONDS - T_START) )); }
@@ -86,58 +92,70 @@ make_model() {
   fi
 }
 
+DIAG_MODEL="$WORK/diag-1l.gguf"
+make_models() {
+  make_model && { [ -s "$DIAG_MODEL" ] || "$PY" -m hotexperts model make --like "$LIKE" --layers 1 --type "$TYPE" \
+    --out "$DIAG_MODEL" --no-progress || echo "1-layer diagnosis model make FAILED"; }
+}
+
 t=$SECONDS
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  echo "== install wheels and hotexperts (offline)"
-  SITE=/tmp/hx-site-llamacpp
-  rm -rf "$SITE"; mkdir -p "$SITE"
+  echo "== install wheels and hotexperts (offline) into $SITE"
+  mkdir -p "$SITE"
   WHEELS="${WHEELS:-$REPO/.whl}"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
     || { echo "wheel install FAILED"; exit 1; }
-  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --target "$SITE" "$REPO" \
+  rm -rf "$SITE"/hotexperts "$SITE"/hotexperts-*.dist-info
+  "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade --target "$SITE" "$REPO" \
     || { echo "hotexperts install FAILED"; exit 1; }
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   cd /tmp  # import the installed package, not the checkout's folders
   phase install $((SECONDS - t))
 
-  echo "== build llama-cpp-python with CUDA (log: build.log), model make in parallel"
   t=$SECONDS
-  SRC="${LLAMA_SRC:-$REPO/.llsrc}"
-  [ -f "$SRC/pyproject.toml" ] || { echo "no llama-cpp-python source in $SRC (run benchmarks/prepare_llamacpp_sdist.sh)"; exit 1; }
-  # NOTE: only the shared libraries: no tests/tools/examples/server, no mtmd (llava), no NCCL (one GPU);
-  # FlashAttention kernels stay (llama.cpp's default), without the all-quants variants.
-  export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} -DLLAVA_BUILD=OFF \
+  if [ -f "$SITE/.llama-cuda-ok" ] && "$PY" -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)"; then
+    echo "== llama-cpp-python with CUDA already built in $SITE (earlier call on this machine): reused"
+    make_models || { echo "model make FAILED"; exit 1; }
+    phase model_make $((SECONDS - t))
+  else
+    echo "== build llama-cpp-python with CUDA (log: build.log), model make in parallel"
+    SRC="${LLAMA_SRC:-$REPO/.llsrc}"
+    [ -f "$SRC/pyproject.toml" ] || { echo "no llama-cpp-python source in $SRC (run benchmarks/prepare_llamacpp_sdist.sh)"; exit 1; }
+    # NOTE: only the shared libraries: no tests/tools/examples/server, no mtmd (llava), no NCCL (one GPU),
+    # and (CUDA_FA=OFF) no FlashAttention kernels.
+    export CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90} -DLLAVA_BUILD=OFF \
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
--DGGML_CUDA_FA_ALL_QUANTS=OFF -DGGML_CUDA_NCCL=OFF"
-  export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
-  ( timeout "$(( $(left) - 90 ))" "$PY" -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
-      --target "$SITE" "$SRC" > "$WORK/build.log" 2>&1; echo $? > "$WORK/build.rc" ) &
-  BUILD_PID=$!
-  tm=$SECONDS
-  nice -n 5 bash -c "$(declare -f make_model); PY='$PY' LIKE='$LIKE' LAYERS='$LAYERS' TYPE='$TYPE' MODEL='$MODEL' make_model" \
-    || { echo "model make FAILED"; exit 1; }
-  phase model_make $((SECONDS - tm))
-  nice -n 5 "$PY" "$REPO/benchmarks/llamacpp_validate.py" --warm-up || echo "simulator warm-up failed"  # numba cache
-  wait "$BUILD_PID"
-  phase build $((SECONDS - t))
-  if [ "$(cat "$WORK/build.rc")" != 0 ]; then
-    echo "build FAILED (rc $(cat "$WORK/build.rc")); last lines:"; tail -25 "$WORK/build.log"; exit 1
+-DGGML_CUDA_FA=${CUDA_FA:-OFF} -DGGML_CUDA_FA_ALL_QUANTS=OFF -DGGML_CUDA_NCCL=OFF"
+    export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
+    ( timeout "$(( $(left) - 90 ))" "$PY" -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
+        --upgrade --target "$SITE" "$SRC" > "$WORK/build.log" 2>&1; echo $? > "$WORK/build.rc" ) &
+    BUILD_PID=$!
+    tm=$SECONDS
+    nice -n 5 bash -c "$(declare -f make_model make_models); PY='$PY' LIKE='$LIKE' LAYERS='$LAYERS' TYPE='$TYPE' \
+MODEL='$MODEL' DIAG_MODEL='$DIAG_MODEL' make_models" || { echo "model make FAILED"; exit 1; }
+    phase model_make $((SECONDS - tm))
+    nice -n 5 "$PY" "$REPO/benchmarks/llamacpp_validate.py" --warm-up || echo "simulator warm-up failed"  # numba cache
+    wait "$BUILD_PID"
+    phase build $((SECONDS - t))
+    if [ "$(cat "$WORK/build.rc")" != 0 ]; then
+      echo "build FAILED (rc $(cat "$WORK/build.rc")); last lines:"; tail -25 "$WORK/build.log"; exit 1
+    fi
+    touch "$SITE/.llama-cuda-ok"
   fi
 else
-  t=$SECONDS
-  make_model || { echo "model make FAILED"; exit 1; }
+  make_models || { echo "model make FAILED"; exit 1; }
   phase model_make $((SECONDS - t))
 fi
 "$PY" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'gpu offload', llama_cpp.llama_supports_gpu_offload())" \
   || { echo "llama_cpp does not import"; exit 1; }
 "$PY" -m hotexperts model "$MODEL" --json > "$WORK/model.json"
 
-echo "== diagnosis: load a 1-layer model five ways, each in its own process (benchmarks/llamacpp_diag.py)"
-t=$SECONDS
-"$PY" -m hotexperts model make --like "$LIKE" --layers 1 --type "$TYPE" --out "$WORK/diag-1l.gguf" \
-  && timeout 300 "$PY" "$REPO/benchmarks/llamacpp_diag.py" "$WORK/diag-1l.gguf" --timeout 90 --out "$OUTDIR/diag.json" \
-  || echo "diagnosis did not complete"
-phase diag $((SECONDS - t))
+diag() {  # variants deadline
+  local t0=$SECONDS
+  [ -s "$DIAG_MODEL" ] && timeout "$(( $2 + 100 ))" "$PY" "$REPO/benchmarks/llamacpp_diag.py" "$DIAG_MODEL" \
+    --variants "$1" --deadline "$2" --timeout 90 --out "$OUTDIR/diag.json" || echo "diagnosis did not complete"
+  phase diag $((SECONDS - t0))
+}
 
 echo "== benchmarks ($REPS x ($PROMPT prompt + $GEN generated) tokens, $THREADS threads)"
 LONGEST=20
@@ -156,6 +174,11 @@ bench() {  # name placement
 }
 t=$SECONDS
 bench gpu gpu                            # calibration: every expert on the GPU
+if [ ! -s "$WORK/bench-gpu.json" ]; then
+  echo "== the first bench failed: diagnosis (benchmarks/llamacpp_diag.py, 1-layer model, each way in its own process)"
+  diag "lowlevel,numba,bench,highlevel,hxcli,logcb,bufts,bench-numba" "$(( $(left) - 150 ))"
+  exit 1
+fi
 bench "cpu-moe-$LAYERS" "n-cpu-moe=$LAYERS"  # calibration: every expert on the CPU, the rest on the GPU
 for n in $NS; do bench "n-cpu-moe-$n" "n-cpu-moe=$n"; done
 bench all-cpu all-cpu                    # reference: -ngl 0 (not modelled)
@@ -167,3 +190,8 @@ t=$SECONDS
 "$PY" "$REPO/benchmarks/llamacpp_validate.py" "$WORK" --model "$MODEL" --out "$WORK/llamacpp-validation.json" \
   || echo "validation did not complete (see above)"
 phase validate $((SECONDS - t))
+
+if [ "$(left)" -gt 40 ]; then
+  echo "== diagnosis of the earlier crash with the time left (benchmarks/llamacpp_diag.py)"
+  diag "numba,hxcli,bench-numba,lowlevel,highlevel,logcb,bufts" "$(( $(left) - 40 ))"
+fi

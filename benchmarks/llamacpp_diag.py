@@ -9,9 +9,21 @@ bench does, and prints which variants survive:
 2. ``lowlevel``: ``llama_backend_init`` + ``llama_model_load_from_file`` with default params;
 3. ``logcb``: as 2, after hotexperts' Python log callback is installed (``tracer.capture._Libs``);
 4. ``bufts``: as 3, after ``hotexperts.llamabench._buffer_types`` opened libggml/libggml-cpu by path;
-5. ``bench``: ``hotexperts bench llamacpp --placement gpu`` (the whole path).
+5. ``numba``: as 2, after ``import numba`` and one ``@njit`` call (numba's LLVM in the process);
+6. ``hxcli``: as 2, after building the CLI parser of every stage (what ``python -m hotexperts`` did
+   for every command until 2026-11-29, which imports numba, llvmlite and scipy);
+7. ``bench``: ``hotexperts bench llamacpp --placement gpu`` (the whole path; the CLI now imports only
+   the ``bench`` stage);
+8. ``bench-numba``: as 7, with numba imported (and one function compiled) first.
 
-    python benchmarks/llamacpp_diag.py MODEL.gguf [--n-gpu-layers 999] [--out diag.json]
+A variant that dies with a signal is run once more under ``gdb`` (when the host has it) for a native
+backtrace (``gdb_bt`` in the JSON).
+
+    python benchmarks/llamacpp_diag.py MODEL.gguf [--n-gpu-layers 999] [--variants a,b,...]
+        [--deadline SECONDS] [--out diag.json]
+
+``--variants`` picks and orders them (default: all, in the order above); ``--deadline`` starts no
+variant after that many seconds (the rows not run are listed as skipped).
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,7 +74,32 @@ p.n_gpu_layers = NGL
 m = llama_cpp.llama_model_load_from_file(M.encode(), p)
 print("ok", bool(m))
 """,
+    "numba": """
+import numba
+assert numba.njit(lambda x: x + 1)(1) == 2
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "hxcli": """
+import sys
+from hotexperts import cli
+cli.build_parser()
+print("loaded", [k for k in ("numba", "llvmlite", "scipy", "yaml") if k in sys.modules])
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
 }
+
+ALL = (*VARIANTS, "bench", "bench-numba")
+BENCH_ARGS = ["--placement", "gpu", "--prompt-tokens", "32", "--gen-tokens", "4", "--reps", "1"]
 
 
 def main() -> int:
@@ -69,19 +107,34 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--n-gpu-layers", type=int, default=999)
     ap.add_argument("--timeout", type=int, default=120)
+    ap.add_argument("--variants", default=",".join(ALL))
+    ap.add_argument("--deadline", type=float, default=None)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    tmp = Path(tempfile.mkdtemp())
+    cmds: dict[str, list[str]] = {
+        name: [sys.executable, "-c", f"M = {str(Path(a.model).resolve())!r}\nNGL = {a.n_gpu_layers}\n" + code]
+        for name, code in VARIANTS.items()
+    }
+    cmds["bench"] = [sys.executable, "-m", "hotexperts", "bench", "llamacpp", a.model, *BENCH_ARGS,
+                     "--out", str(tmp / "bench.json")]
+    cmds["bench-numba"] = [sys.executable, "-c", (
+        "import numba\nassert numba.njit(lambda x: x + 1)(1) == 2\nfrom hotexperts.cli import main\n"
+        f"raise SystemExit(main(['bench', 'llamacpp', {a.model!r}, *{BENCH_ARGS!r}, '--out', {str(tmp / 'b2.json')!r}]))\n"
+    )]
+    t0 = time.perf_counter()
     rows = []
-    for name, code in VARIANTS.items():
-        src = f"M = {str(Path(a.model).resolve())!r}\nNGL = {a.n_gpu_layers}\n" + code
-        rows.append(_run(name, [sys.executable, "-c", src], env, a.timeout))
-    rows.append(_run("bench", [sys.executable, "-m", "hotexperts", "bench", "llamacpp", a.model, "--placement", "gpu",
-                               "--prompt-tokens", "32", "--gen-tokens", "4", "--reps", "1",
-                               "--out", str(Path(tempfile.mkdtemp()) / "bench.json")], env, a.timeout))
-    print(f"{'variant':<10} {'rc':>5} {'s':>6}  last line")
+    for name in [v.strip() for v in a.variants.split(",") if v.strip()]:
+        if name not in cmds:
+            ap.error(f"unknown variant {name!r}; known: {', '.join(ALL)}")
+        if a.deadline is not None and time.perf_counter() - t0 > a.deadline:
+            rows.append({"variant": name, "rc": None, "seconds": 0.0, "last_line": "skipped (deadline)"})
+            continue
+        rows.append(_run(name, cmds[name], env, a.timeout))
+    print(f"{'variant':<12} {'rc':>5} {'s':>6}  last line")
     for r in rows:
-        print(f"{r['variant']:<10} {r['rc']:>5} {r['seconds']:>6.1f}  {r['last_line']}")
+        print(f"{r['variant']:<12} {r['rc']!s:>5} {r['seconds']:>6.1f}  {r['last_line']}")
     if a.out:
         Path(a.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -96,9 +149,20 @@ def _run(name: str, cmd: list[str], env: dict[str, str], timeout: int) -> dict[s
         rc, out, err = -999, str(exc.stdout or ""), str(exc.stderr or "")
     lines = [x for x in (out + err).splitlines() if x.strip()]
     fault = [x for x in err.splitlines() if x.strip().startswith("File ")][:6]
-    return {"variant": name, "rc": rc, "seconds": time.perf_counter() - t0,
-            "last_line": lines[-1][:160] if lines else "", "stdout": out[-2000:], "fault_stack": fault,
-            "stderr_tail": err[-3000:]}
+    row: dict[str, object] = {
+        "variant": name, "rc": rc, "seconds": time.perf_counter() - t0,
+        "last_line": lines[-1][:160] if lines else "", "stdout": out[-2000:], "fault_stack": fault,
+        "stderr_tail": err[-3000:],
+    }
+    gdb = shutil.which("gdb")
+    if rc < 0 and rc != -999 and gdb:
+        try:
+            g = subprocess.run([gdb, "-batch", "-ex", "run", "-ex", "bt 40", "--args", *cmd], capture_output=True,
+                               text=True, env=env, timeout=timeout)
+            row["gdb_bt"] = [x for x in g.stdout.splitlines() if x.startswith("#")][:40]
+        except subprocess.TimeoutExpired:
+            row["gdb_bt"] = ["gdb timed out"]
+    return row
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Each stage module exposes ``register(subparsers)``, which adds its subcommands and sets
 ``func`` on them; the work itself lives in the stage packages, imported only when a
-command runs so that ``hotexperts --help`` stays fast.
+command runs so that ``hotexperts --help`` stays fast. A command names its stage module in
+``COMMANDS``, and a run of that command imports that module only: ``hotexperts bench llamacpp``
+must not load numba/LLVM (the simulator's) into the process it measures llama.cpp in.
 """
 
 from __future__ import annotations
@@ -17,18 +19,25 @@ from hotexperts.errors import HotExpertsError
 
 __all__ = ["main", "build_parser"]
 
-# NOTE: one line per stage; a stage adds commands in its own cli module, never here.
-COMMAND_MODULES: tuple[str, ...] = (
-    "hotexperts.tracer.cli",
-    "hotexperts.modelcli",
-    "hotexperts.sim.cli",
-    "hotexperts.studies.cli",
-    "hotexperts.runtime.cli",
-    "hotexperts.llamacli",
-)
+# NOTE: one entry per top-level command, naming the stage module that registers it (a test checks
+# that each module registers exactly these); a stage adds its options in its own cli module.
+COMMANDS: dict[str, str] = {
+    "trace": "hotexperts.tracer.cli",
+    "model": "hotexperts.modelcli",
+    "sim": "hotexperts.sim.cli",
+    "hardware": "hotexperts.sim.cli",
+    "tune": "hotexperts.studies.cli",
+    "report": "hotexperts.studies.cli",
+    "calibrate": "hotexperts.runtime.cli",
+    "validate": "hotexperts.runtime.cli",
+    "bench": "hotexperts.llamacli",
+    "measure": "hotexperts.llamacli",
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with a known ``command``, only that command's stage is imported."""
     parser = argparse.ArgumentParser(
         prog="hotexperts",
         description=(
@@ -38,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hotexperts {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -49,8 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (its first item, when that is not an option)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

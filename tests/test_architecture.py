@@ -32,3 +32,40 @@ def test_version_and_help():
     assert out.returncode == 0
     for cmd in ("trace", "model", "sim"):
         assert cmd in out.stdout
+
+
+def test_command_table_matches_what_each_stage_registers():
+    import argparse
+    import importlib
+
+    from hotexperts.cli import COMMAND_MODULES, COMMANDS
+
+    for name in COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers(dest="command")
+        importlib.import_module(name).register(sub)
+        assert sorted(sub.choices) == sorted(c for c, m in COMMANDS.items() if m == name), name
+
+
+def test_llamacpp_commands_do_not_load_the_simulator():
+    # NOTE: the process that times llama.cpp must not carry numba/LLVM or the simulator: a CUDA build of
+    # llama.cpp crashed at model load in such a process on the GPU host (docs/llamacpp.md).
+    code = (
+        "import sys\n"
+        "from hotexperts import cli\n"
+        "for argv in (['bench', 'llamacpp', '--help'], ['measure', '--help']):\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "bad = sorted(m for m in ('numba', 'llvmlite', 'scipy', 'hotexperts.sim', 'hotexperts.policies') if m in sys.modules)\n"
+        "print('LOADED', ','.join(bad))\n"
+    )
+    out = _run(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "LOADED", out.stdout[-500:]
+    # ...while an unknown command still lists every command
+    out = subprocess.run([sys.executable, "-m", "hotexperts", "nosuch"], capture_output=True, text=True)
+    assert out.returncode == 2
+    for cmd in ("trace", "sim", "tune", "bench", "measure", "calibrate"):
+        assert cmd in out.stderr
