@@ -9,8 +9,9 @@
 #   3. `hotexperts bench llamacpp` at: gpu and n-cpu-moe=LAYERS (the calibration runs), then the
 #      checks n-cpu-moe=N (NS, most informative first), all-cpu (-ngl 0, reference) and gpu again
 #      (drift); a run is skipped when the time left is below the longest run so far (+ margin).
-#      If the first run fails, benchmarks/llamacpp_diag.py loads the 1-layer model in every way it
-#      knows (diag.json) and the script stops there;
+#      A short probe on the 1-layer model first picks HOTEXPERTS_NO_EXTRA_BUFTS (1, else 0); if no probe
+#      or the first run fails, benchmarks/llamacpp_diag.py loads the 1-layer model in every way it
+#      knows (diag.json, with native backtraces of crashes) and the script stops there;
 #   4. benchmarks/llamacpp_validate.py: fit the profile on the two calibration runs, predict the rest
 #      with the simulator, write llamacpp-validation.json, print the table;
 #   5. with the time left, the diagnosis variants that explain the crash of the first attempts.
@@ -172,11 +173,24 @@ bench() {  # name placement
   [ "$d" -gt "$LONGEST" ] && LONGEST=$d
   phase "bench_$1" "$d"
 }
+echo "== probe: a short gpu bench of the 1-layer model, llama.cpp's extra CPU buffer types off, then on"
 t=$SECONDS
-bench gpu gpu                            # calibration: every expert on the GPU
+PROBED=""
+for x in "$HOTEXPERTS_NO_EXTRA_BUFTS" $(( 1 - HOTEXPERTS_NO_EXTRA_BUFTS )); do
+  if [ -s "$DIAG_MODEL" ] && HOTEXPERTS_NO_EXTRA_BUFTS=$x timeout 120 "$PY" -m hotexperts bench llamacpp "$DIAG_MODEL" \
+      --placement gpu --prompt-tokens 32 --gen-tokens 4 --reps 1 --out "$WORK/probe.json"; then
+    PROBED=$x; export HOTEXPERTS_NO_EXTRA_BUFTS=$x; break
+  fi
+  echo "probe with HOTEXPERTS_NO_EXTRA_BUFTS=$x FAILED"
+done
+phase probe $((SECONDS - t))
+echo "benches run with HOTEXPERTS_NO_EXTRA_BUFTS=${PROBED:-$HOTEXPERTS_NO_EXTRA_BUFTS}"
+
+t=$SECONDS
+[ -n "$PROBED" ] && bench gpu gpu        # calibration: every expert on the GPU
 if [ ! -s "$WORK/bench-gpu.json" ]; then
   echo "== the first bench failed: diagnosis (benchmarks/llamacpp_diag.py, 1-layer model, each way in its own process)"
-  diag "lowlevel,numba,bench,highlevel,hxcli,logcb,bufts,bench-numba" "$(( $(left) - 150 ))"
+  diag "lowlevel,bench,bench-extra,noextra,header,gguf,yaml,numba,numba-import,llama-then-numba,highlevel,logcb,bufts,hxcli,bench-numba" "$(( $(left) - 150 ))"
   exit 1
 fi
 bench "cpu-moe-$LAYERS" "n-cpu-moe=$LAYERS"  # calibration: every expert on the CPU, the rest on the GPU
@@ -193,5 +207,5 @@ phase validate $((SECONDS - t))
 
 if [ "$(left)" -gt 40 ]; then
   echo "== diagnosis of the earlier crash with the time left (benchmarks/llamacpp_diag.py)"
-  diag "numba,hxcli,bench-numba,lowlevel,highlevel,logcb,bufts" "$(( $(left) - 40 ))"
+  diag "header,gguf,yaml,noextra,numba,numba-import,llama-then-numba,bench-numba,lowlevel,bench,bench-extra,highlevel,logcb,bufts,hxcli" "$(( $(left) - 40 ))"
 fi

@@ -16,8 +16,16 @@ bench does, and prints which variants survive:
    the ``bench`` stage);
 8. ``bench-numba``: as 7, with numba imported (and one function compiled) first.
 
-A variant that dies with a signal is run once more under ``gdb`` (when the host has it) for a native
-backtrace (``gdb_bt`` in the JSON).
+9. ``noextra``: as 2 with ``use_extra_bufts = False`` (what ``HOTEXPERTS_NO_EXTRA_BUFTS=1`` sets);
+10. ``yaml``, ``gguf``, ``header``: as 2, after importing yaml, the gguf package, or reading the model's
+    header with it (``tracer.capture._read_header``, a numpy memmap), as the bench did before the load;
+11. ``numba-import``: as 2 after ``import numba`` alone; ``llama-then-numba``: llama.cpp imported first,
+    then numba compiles, then the load;
+12. ``bench-extra``: as 7 with ``HOTEXPERTS_NO_EXTRA_BUFTS=0`` (llama.cpp's extra CPU buffer types on).
+
+A variant that dies with a signal is run once more with ``benchmarks/segv_backtrace.c`` preloaded
+(compiled here with ``cc`` when there is one) for a native backtrace (``native_bt``), and under ``gdb``
+when the host has it (``gdb_bt``).
 
     python benchmarks/llamacpp_diag.py MODEL.gguf [--n-gpu-layers 999] [--variants a,b,...]
         [--deadline SECONDS] [--out diag.json]
@@ -96,9 +104,66 @@ p.n_gpu_layers = NGL
 m = llama_cpp.llama_model_load_from_file(M.encode(), p)
 print("ok", bool(m))
 """,
+    "noextra": """
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+p.use_extra_bufts = False
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "yaml": """
+import yaml
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "gguf": """
+import gguf
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "header": """
+from pathlib import Path
+from hotexperts.tracer.capture import _read_header
+print(_read_header(Path(M)).n_layer)
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "numba-import": """
+import numba
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "llama-then-numba": """
+import llama_cpp
+llama_cpp.llama_backend_init()
+import numba
+assert numba.njit(lambda x: x + 1)(1) == 2
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
 }
 
-ALL = (*VARIANTS, "bench", "bench-numba")
+ALL = (*VARIANTS, "bench", "bench-extra", "bench-numba")
 BENCH_ARGS = ["--placement", "gpu", "--prompt-tokens", "32", "--gen-tokens", "4", "--reps", "1"]
 
 
@@ -119,6 +184,7 @@ def main() -> int:
     }
     cmds["bench"] = [sys.executable, "-m", "hotexperts", "bench", "llamacpp", a.model, *BENCH_ARGS,
                      "--out", str(tmp / "bench.json")]
+    cmds["bench-extra"] = cmds["bench"][:-1] + [str(tmp / "b3.json")]
     cmds["bench-numba"] = [sys.executable, "-c", (
         "import numba\nassert numba.njit(lambda x: x + 1)(1) == 2\nfrom hotexperts.cli import main\n"
         f"raise SystemExit(main(['bench', 'llamacpp', {a.model!r}, *{BENCH_ARGS!r}, '--out', {str(tmp / 'b2.json')!r}]))\n"
@@ -131,7 +197,8 @@ def main() -> int:
         if a.deadline is not None and time.perf_counter() - t0 > a.deadline:
             rows.append({"variant": name, "rc": None, "seconds": 0.0, "last_line": "skipped (deadline)"})
             continue
-        rows.append(_run(name, cmds[name], env, a.timeout))
+        e = {**env, "HOTEXPERTS_NO_EXTRA_BUFTS": "0"} if name == "bench-extra" else env
+        rows.append(_run(name, cmds[name], e, a.timeout))
     print(f"{'variant':<12} {'rc':>5} {'s':>6}  last line")
     for r in rows:
         print(f"{r['variant']:<12} {r['rc']!s:>5} {r['seconds']:>6.1f}  {r['last_line']}")
@@ -154,6 +221,16 @@ def _run(name: str, cmd: list[str], env: dict[str, str], timeout: int) -> dict[s
         "last_line": lines[-1][:160] if lines else "", "stdout": out[-2000:], "fault_stack": fault,
         "stderr_tail": err[-3000:],
     }
+    so = _backtrace_lib()
+    if rc is not None and rc < 0 and rc != -999 and so:
+        try:
+            g = subprocess.run(cmd, capture_output=True, text=True, env={**env, "LD_PRELOAD": so}, timeout=timeout)
+            err2 = g.stderr.splitlines()
+            if "=== end of native backtrace ===" in err2:
+                i = next(j for j, x in enumerate(err2) if x.startswith("=== native backtrace"))
+                row["native_bt"] = err2[i : i + 60]
+        except (subprocess.TimeoutExpired, StopIteration):
+            row["native_bt"] = ["no native backtrace"]
     gdb = shutil.which("gdb")
     if rc < 0 and rc != -999 and gdb:
         try:
@@ -163,6 +240,20 @@ def _run(name: str, cmd: list[str], env: dict[str, str], timeout: int) -> dict[s
         except subprocess.TimeoutExpired:
             row["gdb_bt"] = ["gdb timed out"]
     return row
+
+
+_SO: list[str | None] = []
+
+
+def _backtrace_lib() -> str | None:
+    """benchmarks/segv_backtrace.c compiled once (None without a C compiler)."""
+    if not _SO:
+        cc = shutil.which("cc") or shutil.which("gcc")
+        out = Path(tempfile.mkdtemp()) / "segv_backtrace.so"
+        src = Path(__file__).with_name("segv_backtrace.c")
+        ok = cc is not None and subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out), str(src)]).returncode == 0
+        _SO.append(str(out) if ok else None)
+    return _SO[0]
 
 
 if __name__ == "__main__":

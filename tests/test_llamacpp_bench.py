@@ -147,7 +147,7 @@ def test_bench_all_cpu_json_and_repetitions(tiny_model: Path, tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
-def test_bench_process_carries_no_simulator(tiny_model: Path, tmp_path: Path) -> None:
+def test_bench_process_carries_no_simulator_and_loads_llama_first(tiny_model: Path, tmp_path: Path) -> None:
     # NOTE: a whole `hotexperts bench llamacpp` run, in its own process: numba/LLVM and the simulator
     # stay out of the process that times llama.cpp (see hotexperts/cli.py).
     import subprocess
@@ -156,14 +156,25 @@ def test_bench_process_carries_no_simulator(tiny_model: Path, tmp_path: Path) ->
     out = tmp_path / "r.json"
     code = (
         "import sys\n"
+        "import llama_cpp\n"
+        "seen = []\n"
+        "_load = llama_cpp.llama_model_load_from_file\n"
+        "def load(*a):\n"
+        "    seen.append(','.join(m for m in ('gguf', 'yaml', 'numba') if m in sys.modules))\n"
+        "    return _load(*a)\n"
+        "llama_cpp.llama_model_load_from_file = load\n"
         "from hotexperts.cli import main\n"
         f"rc = main(['bench', 'llamacpp', {str(tiny_model)!r}, '--placement', 'all-cpu', '--prompt-tokens', '8',"
         f" '--gen-tokens', '2', '--reps', '1', '--threads', '1', '--out', {str(out)!r}])\n"
         "print('RC', rc, ','.join(m for m in ('numba', 'llvmlite', 'scipy', 'hotexperts.sim') if m in sys.modules))\n"
+        "print('AT LOAD', seen)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert p.stdout.strip().splitlines()[-1].strip() == "RC 0", p.stdout[-500:]
+    lines = p.stdout.strip().splitlines()
+    assert lines[-2].strip() == "RC 0", p.stdout[-500:]
+    # ...and the model is loaded before the gguf package (and its yaml) is imported (hotexperts/llamabench.py)
+    assert lines[-1] == "AT LOAD ['']", p.stdout[-500:]
     assert json.loads(out.read_text())["decode_tok_s"]["all"][0] > 0
 
 

@@ -115,7 +115,8 @@ def gguf_moe_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
-def _read_header(p: Path) -> _ModelHeader:
+def _check_magic(p: Path) -> None:
+    """Raise :class:`InputError` unless ``p`` is a readable file that starts like a GGUF model."""
     if not p.exists():
         raise InputError(p, "no such file")
     if p.is_dir():
@@ -127,6 +128,10 @@ def _read_header(p: Path) -> _ModelHeader:
         raise InputError(p, f"cannot open: {exc.strerror}") from None
     if magic != b"GGUF":
         raise InputError(p, f"not a GGUF model file (magic {magic!r}, expected b'GGUF')")
+
+
+def _read_header(p: Path) -> _ModelHeader:
+    _check_magic(p)
     import gguf
 
     try:
