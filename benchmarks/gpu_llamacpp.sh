@@ -190,7 +190,7 @@ t=$SECONDS
 [ -n "$PROBED" ] && bench gpu gpu        # calibration: every expert on the GPU
 if [ ! -s "$WORK/bench-gpu.json" ]; then
   echo "== the first bench failed: diagnosis (benchmarks/llamacpp_diag.py, 1-layer model, each way in its own process)"
-  diag "lowlevel,bench,bench-extra,noextra,header,gguf,yaml,numba,numba-import,llama-then-numba,highlevel,logcb,bufts,hxcli,bench-numba" "$(( $(left) - 150 ))"
+  diag "lowlevel,bench,bench-extra,numpy-first,noextra,header,gguf,yaml,numba,numba-import,llama-then-numba,highlevel,logcb,bufts,hxcli,bench-numba" "$(( $(left) - 150 ))"
   exit 1
 fi
 bench "cpu-moe-$LAYERS" "n-cpu-moe=$LAYERS"  # calibration: every expert on the CPU, the rest on the GPU
@@ -207,5 +207,5 @@ phase validate $((SECONDS - t))
 
 if [ "$(left)" -gt 40 ]; then
   echo "== diagnosis of the earlier crash with the time left (benchmarks/llamacpp_diag.py)"
-  diag "header,gguf,yaml,noextra,numba,numba-import,llama-then-numba,bench-numba,lowlevel,bench,bench-extra,highlevel,logcb,bufts,hxcli" "$(( $(left) - 40 ))"
+  diag "numpy-first,header,gguf,yaml,noextra,numba,numba-import,llama-then-numba,bench-numba,lowlevel,bench,bench-extra,highlevel,logcb,bufts,hxcli" "$(( $(left) - 40 ))"
 fi

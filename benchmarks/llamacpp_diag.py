@@ -21,7 +21,8 @@ bench does, and prints which variants survive:
     header with it (``tracer.capture._read_header``, a numpy memmap), as the bench did before the load;
 11. ``numba-import``: as 2 after ``import numba`` alone; ``llama-then-numba``: llama.cpp imported first,
     then numba compiles, then the load;
-12. ``bench-extra``: as 7 with ``HOTEXPERTS_NO_EXTRA_BUFTS=0`` (llama.cpp's extra CPU buffer types on).
+12. ``numpy-first``: as 2 after ``import numpy`` alone (the cause, attempt 4);
+13. ``bench-extra``: as 7 with ``HOTEXPERTS_NO_EXTRA_BUFTS=0`` (llama.cpp's extra CPU buffer types on).
 
 A variant that dies with a signal is run once more with ``benchmarks/segv_backtrace.c`` preloaded
 (compiled here with ``cc`` when there is one) for a native backtrace (``native_bt``), and under ``gdb``
@@ -156,6 +157,15 @@ import llama_cpp
 llama_cpp.llama_backend_init()
 import numba
 assert numba.njit(lambda x: x + 1)(1) == 2
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+""",
+    "numpy-first": """
+import numpy
+import llama_cpp
+llama_cpp.llama_backend_init()
 p = llama_cpp.llama_model_default_params()
 p.n_gpu_layers = NGL
 m = llama_cpp.llama_model_load_from_file(M.encode(), p)

@@ -66,6 +66,10 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from hotexperts import _llamafirst
+
+    if _llamafirst.needs_preload(argv):
+        _llamafirst.preload()  # before numpy: see hotexperts/_llamafirst.py
     parser = build_parser(_command_of(argv))
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

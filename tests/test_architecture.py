@@ -69,3 +69,33 @@ def test_llamacpp_commands_do_not_load_the_simulator():
     assert out.returncode == 2
     for cmd in ("trace", "sim", "tune", "bench", "measure", "calibrate"):
         assert cmd in out.stderr
+
+
+def test_llama_commands_import_llama_cpp_before_numpy():
+    # NOTE: a CUDA build of llama.cpp segfaulted at model load when numpy came first (hotexperts/_llamafirst.py);
+    # the order is recorded with an import hook, for the commands that load a model and one that does not.
+    code = (
+        "import sys\n"
+        "order = []\n"
+        "class F:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name in ('numpy', 'llama_cpp'):\n"
+        "            order.append(name)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, F)\n"
+        "from hotexperts import cli\n"
+        "try:\n"
+        "    cli.main(ARGV)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('ORDER', ','.join(order))\n"
+    )
+    for argv, want in (
+        (["bench", "llamacpp", "--help"], "llama_cpp,numpy"),
+        (["trace", "capture", "--help"], "llama_cpp,numpy"),
+        (["sim", "--help"], "numpy"),
+    ):
+        out = _run(code.replace("ARGV", repr(argv)))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == f"ORDER {want}", (argv, out.stdout[-300:])
