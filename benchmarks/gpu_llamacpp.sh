@@ -26,6 +26,7 @@
 #   WORK (REPO/.hxwork/work), SITE (REPO/.hxwork/site), WHEELS (REPO/.whl), LLAMA_SRC (REPO/.llsrc),
 #   CUDA_ARCH (90), CUDA_FA (OFF: FlashAttention CUDA kernels not built, a third less build time;
 #   llama.cpp then runs attention unfused, a small share of a step at these context lengths),
+#   DIAG (1; 0 = no diagnosis after the validation),
 #   SKIP_BUILD (1 = use the importable hotexperts and llama-cpp-python, e.g. a CPU dry run).
 set -uo pipefail
 T_START=$SECONDS
@@ -205,7 +206,7 @@ t=$SECONDS
   || echo "validation did not complete (see above)"
 phase validate $((SECONDS - t))
 
-if [ "$(left)" -gt 40 ]; then
+if [ "${DIAG:-1}" = 1 ] && [ "$(left)" -gt 40 ]; then
   echo "== diagnosis of the earlier crash with the time left (benchmarks/llamacpp_diag.py)"
   diag "numpy-first,header,gguf,yaml,noextra,numba,numba-import,llama-then-numba,bench-numba,lowlevel,bench,bench-extra,highlevel,logcb,bufts,hxcli" "$(( $(left) - 40 ))"
 fi
