@@ -142,7 +142,10 @@ def measured_hit_rate(result: dict[str, Any], spec: ModelSpec) -> float | None:
     cpu_layers = set()
     for name, buft in over.items():
         parts = name.split(".")
-        if len(parts) > 2 and parts[0] == "blk" and "_exps" in name and str(buft).upper().startswith("CPU"):
+        # NOTE: an expert tensor overridden to the CPU lands in the GPU backend's pinned host buffer
+        # ("CUDA_Host") when llama.cpp has one, else in "CPU" (or a CPU extra type such as "CPU_REPACK").
+        b = str(buft).upper()
+        if len(parts) > 2 and parts[0] == "blk" and "_exps" in name and (b.startswith("CPU") or b.endswith("_HOST")):
             cpu_layers.add(int(parts[1]))
     moe = set(int(x) for x in spec.moe_layers)
     return (len(moe) - len(moe & cpu_layers)) / max(len(moe), 1)

@@ -352,3 +352,19 @@ def test_llamacpp_validate_reports_a_missing_calibration_run(tmp_path: Path) -> 
     assert "missing" in v["fit_error"] and v["median_abs_error_pct"] is None
     assert v["configs"][0]["measured_tok_s"] == 400.0
     assert mod.main([str(tmp_path / "nothere")]) == 1
+
+
+def test_measured_hit_rate_reads_host_buffer_names() -> None:
+    # NOTE: with a CUDA build, llama.cpp puts experts overridden to "CPU" in the pinned "CUDA_Host" buffer
+    # and logs that name (H200 run, 2026-11-29); CPU extra types read "CPU_REPACK"; a GPU name is not host.
+    from hotexperts.modelspec import ModelSpec
+
+    mod = _validate_module()
+    spec = ModelSpec.from_dict(VAL_SPEC)
+    r = _fake_result("n-cpu-moe=3", None, 100.0, 100.0, "2026-12-01T00:00:00+00:00")
+    r["overrides"] = [{"pattern": "x", "buft": "CPU"}]
+    r["overridden_tensors"] = {f"blk.{i}.ffn_{w}_exps.weight": b for i, b in ((0, "CUDA_Host"), (1, "CPU_REPACK"),
+                               (2, "CPU"), (4, "CUDA0")) for w in ("up", "down", "gate")}
+    assert mod.measured_hit_rate(r, spec) == pytest.approx(3 / 6)
+    r["overridden_tensors"] = {}
+    assert mod.measured_hit_rate(r, spec) is None  # patterns given, nothing logged: unknown
