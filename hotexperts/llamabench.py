@@ -215,7 +215,7 @@ def bench_llamacpp(
         capture_path: also write the routing of these tokens as a ``.hxt`` trace (untimed pass).
         out_path: write the result JSON here (atomically).
         extra_bufts: let llama.cpp use its extra CPU buffer types (AMX, repacked weights);
-            ``HOTEXPERTS_NO_EXTRA_BUFTS=1`` also turns them off.
+            ``HOTEXPERTS_NO_EXTRA_BUFTS=1`` also turns them off (``0`` or empty: no effect).
         seed: seed of the pseudo-random prompt and generation tokens.
 
     Returns:
@@ -267,7 +267,7 @@ def bench_llamacpp(
     mparams.n_gpu_layers = place.n_gpu_layers
     if place.overrides:
         mparams.tensor_buft_overrides = ctypes.cast(arr, ctypes.c_void_p)
-    if not extra_bufts or os.environ.get("HOTEXPERTS_NO_EXTRA_BUFTS", "0") not in ("", "0"):
+    if not extra_bufts or cap.extra_bufts_off_by_env():
         mparams.use_extra_bufts = False
     libs.log_lines.clear()
     libs.log_keep = 1_000_000

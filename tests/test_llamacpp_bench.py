@@ -368,3 +368,24 @@ def test_measured_hit_rate_reads_host_buffer_names() -> None:
     assert mod.measured_hit_rate(r, spec) == pytest.approx(3 / 6)
     r["overridden_tensors"] = {}
     assert mod.measured_hit_rate(r, spec) is None  # patterns given, nothing logged: unknown
+
+
+def test_h200_llamacpp_preset_reproduces_the_committed_predictions() -> None:
+    # NOTE: the preset is the profile fitted in H200 run 2; simulating each --n-cpu-moe check with it must
+    # give the predictions committed in that run's llamacpp-validation.json (same trace shape and seed).
+    from hotexperts.modelspec import load_model_spec
+    from hotexperts.sim.hardware import load_hardware
+
+    mod = _validate_module()
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "2026-11-29-h200"
+    v = json.loads((root / "llamacpp-validation.json").read_text())
+    spec = load_model_spec(str(root / "llamacpp-run2" / "model.json"))
+    hw = load_hardware("h200-llamacpp")
+    assert hw.cpu_expert_bw == pytest.approx(v["hardware"]["cpu_expert_bw"])
+    b = v["bench"]
+    trace = mod.bench_trace(spec, prompt_tokens=b["prompt_tokens"], gen_tokens=b["gen_tokens"], n_ubatch=512)
+    checks = [r for r in v["configs"] if r["role"] == "check"]
+    assert len(checks) == 5
+    for r in checks:
+        res = mod._sim(trace, spec, hw, r["placement"])
+        assert res.decode_tok_s == pytest.approx(r["predicted_tok_s"], rel=1e-9), r["name"]

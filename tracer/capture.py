@@ -115,6 +115,11 @@ def gguf_moe_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def extra_bufts_off_by_env() -> bool:
+    """``HOTEXPERTS_NO_EXTRA_BUFTS`` set to anything but ``""`` or ``0``: llama.cpp's extra CPU buffer types off."""
+    return os.environ.get("HOTEXPERTS_NO_EXTRA_BUFTS", "0") not in ("", "0")
+
+
 def _check_magic(p: Path) -> None:
     """Raise :class:`InputError` unless ``p`` is a readable file that starts like a GGUF model."""
     if not p.exists():
@@ -466,7 +471,7 @@ def run_capture(
     mparams.n_gpu_layers = int(n_gpu_layers)
     # NOTE: llama.cpp's "extra" CPU buffer types (AMX, repacked weights) can die with SIGILL where
     # the CPU reports AMX but the sandbox/kernel does not grant it; this switch turns them off.
-    if not extra_bufts or os.environ.get("HOTEXPERTS_NO_EXTRA_BUFTS"):
+    if not extra_bufts or extra_bufts_off_by_env():
         mparams.use_extra_bufts = False
     libs.log_lines.clear()
     model = lc.llama_model_load_from_file(os.fsencode(model_p), mparams)
