@@ -1,8 +1,8 @@
 """Find which step of `hotexperts bench llamacpp` crashes a llama-cpp-python build (each in its own process).
 
 On the H200 (2026-11-29, CUDA build of llama-cpp-python 0.3.36) every bench run segfaulted inside
-``llama_model_load_from_file``; the same command works with the CPU build. This script loads one model
-in several ways, each in a fresh subprocess with Python's faulthandler on, from the plainest to what the
+``llama_model_load_from_file``; the same command works with the CPU build. The cause, found with this
+script (docs/llamacpp.md): numpy imported before ``llama_cpp``. This script loads one model in several ways, each in a fresh subprocess with Python's faulthandler on, from the plainest to what the
 bench does, and prints which variants survive:
 
 1. ``highlevel``: ``llama_cpp.Llama(model_path, n_gpu_layers)`` and one short completion;
