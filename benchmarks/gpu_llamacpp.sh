@@ -26,7 +26,10 @@
 #   WORK (REPO/.hxwork/work), SITE (REPO/.hxwork/site), WHEELS (REPO/.whl), LLAMA_SRC (REPO/.llsrc),
 #   CUDA_ARCH (90), CUDA_FA (OFF: FlashAttention CUDA kernels not built, a third less build time;
 #   llama.cpp then runs attention unfused, a small share of a step at these context lengths),
-#   DIAG (1; 0 = no diagnosis after the validation),
+#   DIAG (1; 0 = no diagnosis after the validation), BUILD_RESERVE (90: seconds of BUDGET kept after the
+#   build), CAPTURE_CHECK (1 = after the probe, only benchmarks/capture_agreement.py on the model: does
+#   `bench llamacpp --capture` under n-cpu-moe=3 record what the tracer records with all layers on the GPU;
+#   writes capture.json),
 #   SKIP_BUILD (1 = use the importable hotexperts and llama-cpp-python, e.g. a CPU dry run).
 set -uo pipefail
 T_START=$SECONDS
@@ -129,7 +132,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
 -DGGML_CUDA_FA=${CUDA_FA:-OFF} -DGGML_CUDA_FA_ALL_QUANTS=OFF -DGGML_CUDA_NCCL=OFF"
     export CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
-    ( timeout "$(( $(left) - 90 ))" "$PY" -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
+    ( timeout "$(( $(left) - ${BUILD_RESERVE:-90} ))" "$PY" -m pip install --no-index --no-deps --no-build-isolation --no-cache-dir \
         --upgrade --target "$SITE" "$SRC" > "$WORK/build.log" 2>&1; echo $? > "$WORK/build.rc" ) &
     BUILD_PID=$!
     tm=$SECONDS
@@ -186,6 +189,15 @@ for x in "$HOTEXPERTS_NO_EXTRA_BUFTS" $(( 1 - HOTEXPERTS_NO_EXTRA_BUFTS )); do
 done
 phase probe $((SECONDS - t))
 echo "benches run with HOTEXPERTS_NO_EXTRA_BUFTS=${PROBED:-$HOTEXPERTS_NO_EXTRA_BUFTS}"
+
+if [ "${CAPTURE_CHECK:-0}" = 1 ]; then
+  echo "== capture check instead of the benches (benchmarks/capture_agreement.py, n-cpu-moe=3 vs all on the GPU)"
+  t=$SECONDS
+  timeout "$(( $(left) - 5 ))" "$PY" "$REPO/benchmarks/capture_agreement.py" "$MODEL" --placement n-cpu-moe=3 \
+    --prompt-tokens 512 --gen-tokens 16 --out "$OUTDIR/capture.json" || echo "capture check FAILED"
+  phase capture_check $((SECONDS - t))
+  exit 0
+fi
 
 t=$SECONDS
 [ -n "$PROBED" ] && bench gpu gpu        # calibration: every expert on the GPU

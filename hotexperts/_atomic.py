@@ -1,6 +1,8 @@
 """Atomic output: write to a temporary file beside the target, then rename over it.
 
-A reader never sees a half-written file, and a failure leaves no partial output behind.
+A reader never sees a half-written file, and a failure leaves no partial output behind. The file gets
+the permissions a plain ``open(target, "w")`` would give it (0666 less the umask; an existing target
+keeps its mode), not the 0600 of the temporary file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,16 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_bytes_atomic"]
+
+
+def _umask() -> int:
+    # NOTE: os.umask can only be read by setting it; done once, at import, before any worker thread.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_NEW_FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -28,6 +40,11 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        try:
+            mode = target.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = _NEW_FILE_MODE
+        os.chmod(tmp_path, mode)
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -154,3 +154,20 @@ def test_save_is_atomic_on_failure(tmp_path):
 
 def test_magic_constant():
     assert len(MAGIC) == 8
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from hotexperts._atomic import write_text_atomic
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what open(..., "w") gives under this process's umask
+    new = tmp_path / "new.json"
+    write_text_atomic(new, "{}")
+    assert stat.S_IMODE(new.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    os.chmod(new, 0o640)  # an existing target keeps its mode
+    write_text_atomic(new, "{ }")
+    assert stat.S_IMODE(new.stat().st_mode) == 0o640 and new.read_text() == "{ }"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.json", "plain.txt"]
