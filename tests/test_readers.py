@@ -144,7 +144,6 @@ def test_mixtral_gsm8k_counts_and_inferred_n_expert(mixtral_gsm8k_jsonl):
 
 def test_mixtral_rows_match_file(mixtral_gsm8k_jsonl):
     """Every row of the file is where the trace says (independent line-by-line check)."""
-
     # NOTE: the file lacks 15 (token, layer) rows (10 and 5 per request); the reader says so and masks them
     with pytest.warns(TraceImportWarning, match=r"15 \(token, layer\) rows are missing \(per request: \[10, 5\]\)"):
         tr = import_trace(mixtral_gsm8k_jsonl, n_expert=8)
