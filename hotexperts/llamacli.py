@@ -68,6 +68,11 @@ def register(sub: Any) -> None:
             "Load MODEL.gguf through llama-cpp-python with the experts placed like llama.cpp's -ngl / "
             "--n-cpu-moe / -ot, and time prefill and decode over several repetitions."
         ),
+        epilog=(
+            "Environment: HOTEXPERTS_NO_EXTRA_BUFTS=1 turns off llama.cpp's extra CPU buffer types (AMX, "
+            "repacked weights) where they crash with SIGILL; 0 or unset leaves them on. Result keys and the "
+            "H200 validation: docs/llamacpp.md."
+        ),
     )
     p.add_argument("model", metavar="MODEL.gguf")
     p.add_argument(
