@@ -15,15 +15,16 @@ present_equal, bench, n_tokens}``.
 
 from __future__ import annotations
 
-import llama_cpp  # noqa: F401  # NOTE: before numpy (hotexperts/_llamafirst.py)
-
 import argparse
 import json
 import sys
 import tempfile
 from pathlib import Path
 
+# isort: off
+import llama_cpp  # noqa: F401  # NOTE: before numpy (hotexperts/_llamafirst.py)
 import numpy as np
+# isort: on
 
 from hotexperts._atomic import write_text_atomic
 from hotexperts.llamabench import bench_llamacpp
