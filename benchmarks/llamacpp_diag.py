@@ -47,6 +47,23 @@ import tempfile
 import time
 from pathlib import Path
 
+# NOTE: the load every variant but ``highlevel`` ends with; ``PARAMS`` marks where a variant changes the params.
+LOAD = """
+import llama_cpp
+llama_cpp.llama_backend_init()
+p = llama_cpp.llama_model_default_params()
+p.n_gpu_layers = NGL
+PARAMS
+m = llama_cpp.llama_model_load_from_file(M.encode(), p)
+print("ok", bool(m))
+"""
+
+
+def _load(before: str = "", params: str = "") -> str:
+    """``before`` (code run first), then the load of ``LOAD`` with ``params`` applied to ``p``."""
+    return before + LOAD.replace("PARAMS\n", params + "\n" if params else "")
+
+
 VARIANTS: dict[str, str] = {
     "highlevel": """
 import llama_cpp
@@ -54,123 +71,26 @@ llm = llama_cpp.Llama(model_path=M, n_gpu_layers=NGL, n_ctx=256, verbose=False)
 out = llm.create_completion("hello", max_tokens=4)
 print("ok", len(out["choices"][0]["text"]))
 """,
-    "lowlevel": """
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "logcb": """
-import llama_cpp
-from hotexperts.tracer.capture import _Libs
-libs = _Libs.get()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m), len(libs.log_lines))
-""",
-    "bufts": """
-from pathlib import Path
-import llama_cpp
-from hotexperts.tracer.capture import _Libs
-from hotexperts.llamabench import _buffer_types
-libs = _Libs.get()
-print("buffer types", sorted(_buffer_types(Path(llama_cpp.__file__).resolve().parent / "lib")))
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "numba": """
-import numba
-assert numba.njit(lambda x: x + 1)(1) == 2
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "hxcli": """
-import sys
-from hotexperts import cli
-cli.build_parser()
-print("loaded", [k for k in ("numba", "llvmlite", "scipy", "yaml") if k in sys.modules])
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "noextra": """
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-p.use_extra_bufts = False
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "yaml": """
-import yaml
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "gguf": """
-import gguf
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "header": """
-from pathlib import Path
-from hotexperts.tracer.capture import _read_header
-print(_read_header(Path(M)).n_layer)
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "numba-import": """
-import numba
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "llama-then-numba": """
-import llama_cpp
-llama_cpp.llama_backend_init()
-import numba
-assert numba.njit(lambda x: x + 1)(1) == 2
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
-    "numpy-first": """
-import numpy
-import llama_cpp
-llama_cpp.llama_backend_init()
-p = llama_cpp.llama_model_default_params()
-p.n_gpu_layers = NGL
-m = llama_cpp.llama_model_load_from_file(M.encode(), p)
-print("ok", bool(m))
-""",
+    "lowlevel": _load(),
+    "logcb": _load("import llama_cpp\nfrom hotexperts.tracer.capture import _Libs\nlibs = _Libs.get()\n"),
+    "bufts": _load(
+        "from pathlib import Path\nimport llama_cpp\nfrom hotexperts.tracer.capture import _Libs\n"
+        "from hotexperts.llamabench import _buffer_types\nlibs = _Libs.get()\n"
+        "print('buffer types', sorted(_buffer_types(Path(llama_cpp.__file__).resolve().parent / 'lib')))\n"
+    ),
+    "numba": _load("import numba\nassert numba.njit(lambda x: x + 1)(1) == 2\n"),
+    "hxcli": _load(
+        "import sys\nfrom hotexperts import cli\ncli.build_parser()\n"
+        "print('loaded', [k for k in ('numba', 'llvmlite', 'scipy', 'yaml') if k in sys.modules])\n"
+    ),
+    "noextra": _load(params="p.use_extra_bufts = False"),
+    "yaml": _load("import yaml\n"),
+    "gguf": _load("import gguf\n"),
+    "header": _load("from pathlib import Path\nfrom hotexperts.tracer.capture import _read_header\n"
+                    "print(_read_header(Path(M)).n_layer)\n"),
+    "numba-import": _load("import numba\n"),
+    "llama-then-numba": _load("import llama_cpp\nimport numba\nassert numba.njit(lambda x: x + 1)(1) == 2\n"),
+    "numpy-first": _load("import numpy\n"),
 }
 
 ALL = (*VARIANTS, "bench", "bench-extra", "bench-numba")
