@@ -226,7 +226,8 @@ def bench_llamacpp(
     from hotexperts.tracer import capture as cap
 
     model_p = Path(model_path)
-    place = parse_placement(placement)  # form and N >= 0 here; N <= n_layer once the header is read
+    header = cap._read_header(model_p)
+    place = parse_placement(placement, n_layer=header.n_layer)
     if prompt_tokens < 0 or gen_tokens < 0 or prompt_tokens + gen_tokens == 0:
         raise InputError(None, f"need prompt/gen tokens >= 0 and not both 0, got {prompt_tokens}/{gen_tokens}")
     if reps < 1:
@@ -235,16 +236,17 @@ def bench_llamacpp(
         raise InputError(None, f"--threads must be >= 1, got {threads}")
     if n_ubatch < 1:
         raise InputError(None, f"--ubatch must be >= 1, got {n_ubatch}")
+    if capture_path is not None and len(header.moe_layers) < 2:
+        # NOTE: llama.cpp routes only the output rows in the last layer (see tracer/capture.py);
+        # the recorder keys a ubatch on the first MoE layer, which must not be the last one.
+        raise InputError(model_p, "--capture needs a model with at least 2 MoE layers")
     for p in (out_path, capture_path):
         if p is not None and Path(p).is_dir():
             raise InputError(p, "is a directory; a file name is needed")
-    cap._check_magic(model_p)
 
-    # NOTE: llama.cpp is loaded, and the model with it, BEFORE the gguf package (and its yaml/numpy
-    # memmap reader) touches the process: on the H200 host a CUDA build of llama.cpp segfaulted inside
-    # llama_model_load_from_file when the model's header had been read with gguf first, and when numba
-    # had compiled a function first (benchmarks/llamacpp_diag.py; docs/llamacpp.md). The header is read
-    # after the load; a placement that does not fit the model is reported then.
+    # NOTE: with a CUDA build, llama_cpp must have been imported before numpy, or the model load below
+    # segfaults (H200, 2026-11-29; hotexperts/_llamafirst.py, docs/llamacpp.md). This module imports
+    # numpy itself, so the order is the caller's: the `hotexperts` command preloads llama_cpp.
     libs = cap._Libs.get()
     lc = libs.llama
     lib_dir = Path(lc.__file__).resolve().parent / "lib"
@@ -278,16 +280,6 @@ def bench_llamacpp(
         libs.log_keep = 20
     if not model:
         raise InputError(model_p, f"llama.cpp could not load the model: {libs.last_error()}")
-    try:
-        header = cap._read_header(model_p)
-        place = parse_placement(placement, n_layer=header.n_layer)
-        if capture_path is not None and len(header.moe_layers) < 2:
-            # NOTE: llama.cpp routes only the output rows in the last layer (see tracer/capture.py);
-            # the recorder keys a ubatch on the first MoE layer, which must not be the last one.
-            raise InputError(model_p, "--capture needs a model with at least 2 MoE layers")
-    except BaseException:
-        lc.llama_model_free(model)
-        raise
     overridden: dict[str, str] = {}
     for line in load_log:
         m = _OVERRIDE_RE.search(line)
