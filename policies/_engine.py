@@ -162,8 +162,8 @@ class Policy:
         slot_of: np.ndarray,
         ev: np.ndarray,
     ) -> int:
-        """Replay the trace, fill the outputs, return the number of upload events."""
-        raise NotImplementedError
+        """Replay the trace, fill the outputs, return the number of upload events (each policy implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement run()")
 
 
 def decode_mask(prep: Prepared) -> np.ndarray:

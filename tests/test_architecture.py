@@ -99,3 +99,11 @@ def test_llama_commands_import_llama_cpp_before_numpy():
         out = _run(code.replace("ARGV", repr(argv)))
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip().splitlines()[-1] == f"ORDER {want}", (argv, out.stdout[-300:])
+
+
+def test_every_registered_policy_implements_run():
+    from hotexperts.policies import REGISTRY
+    from hotexperts.policies._engine import Policy
+
+    for name, cls in REGISTRY.items():
+        assert cls.run is not Policy.run, f"policy {name} does not implement run()"
