@@ -23,6 +23,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -390,6 +391,7 @@ def objective_fn(ev: Evaluator) -> Callable[[Any], Any]:
     def fn(trial: Any) -> Any:
         cand = suggest(trial, ev)
         trial.set_user_attr("candidate", asdict(cand))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ok, vb = ev.fits(cand)
         trial.set_user_attr("vram_bytes", float(vb["total"]))
         if not ok:
@@ -415,6 +417,43 @@ def storage_url(cfg_storage: str | None, out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'study.db').resolve()}"
 
 
+# any fixed 64-bit number: the PostgreSQL advisory lock that serialises optuna's schema creation
+_PG_SCHEMA_LOCK = 0x68_6F_74_65_78_70  # "hotexp"
+
+
+def _rdb_storage(rdb_cls: Any, url: str, kwargs: dict[str, Any]) -> Any:
+    """``RDBStorage(url)``, safe when several workers create the schema of a fresh database at once.
+
+    optuna creates its tables (and, on PostgreSQL, enum types) with check-then-create, so two workers
+    starting together on an empty database race: the loser fails with a duplicate ``pg_type`` key. On
+    PostgreSQL a session advisory lock makes the creation one-at-a-time; on any dialect a creation that
+    still collides (another worker's objects appeared in between) is retried, and then finds them.
+    """
+    import sqlalchemy
+
+    def make() -> Any:
+        if not url.startswith("postgresql"):
+            return rdb_cls(url, **kwargs)
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
+                try:
+                    return rdb_cls(url, **kwargs)
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_SCHEMA_LOCK})
+        finally:
+            engine.dispose()
+
+    for attempt in range(4):
+        try:
+            return make()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # NOTE: "already exists" from a concurrent creation; a connection failure is not retried
+            time.sleep(0.2 * (attempt + 1))
+    return make()
+
+
 def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0) -> Any:
     """Create or load the study (resumable)."""
     import warnings
@@ -431,7 +470,7 @@ def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0) -> Any:
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     try:
-        storage = RDBStorage(url, **kwargs)
+        storage = _rdb_storage(RDBStorage, url, kwargs)
     except Exception as exc:  # any driver/connection failure becomes one line
         raise HotExpertsError(f"cannot open study storage {url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True, group=True,
