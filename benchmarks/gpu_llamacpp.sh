@@ -30,7 +30,9 @@
 #   build), CAPTURE_CHECK (1 = after the probe, only benchmarks/capture_agreement.py on the model: does
 #   `bench llamacpp --capture` under n-cpu-moe=3 record what the tracer records with all layers on the GPU;
 #   writes capture.json),
-#   SKIP_BUILD (1 = use the importable hotexperts and llama-cpp-python, e.g. a CPU dry run).
+#   SKIP_BUILD (1 = use the importable hotexperts and llama-cpp-python, e.g. a CPU dry run),
+#   PLACEMENTS (instead of the validation: only these benches, in order, one per line
+#   "NAME|PLACEMENT[|THREADS]"; bench-all.json holds them and benchmarks/llamacpp_placements.py tabulates it).
 set -uo pipefail
 T_START=$SECONDS
 OUTDIR="${1:?usage: gpu_llamacpp.sh OUTDIR [LAYERS] [NS]}"
@@ -165,13 +167,13 @@ diag() {  # variants deadline
 echo "== benchmarks ($REPS x ($PROMPT prompt + $GEN generated) tokens, $THREADS threads)"
 LONGEST=20
 RESERVE=35  # seconds kept for the validation and the bundling
-bench() {  # name placement
+bench() {  # name placement [threads]
   local need=$(( LONGEST * 5 / 4 + RESERVE )) l
   l=$(left)
   if [ "$l" -lt "$need" ]; then echo "SKIP $1 ($2): $l s left, need $need"; return 0; fi
   local t0=$SECONDS
   timeout "$(( l - RESERVE ))" "$PY" -m hotexperts bench llamacpp "$MODEL" --placement="$2" \
-    --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --reps "$REPS" --threads "$THREADS" --out "$WORK/bench-$1.json" \
+    --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --reps "$REPS" --threads "${3:-$THREADS}" --out "$WORK/bench-$1.json" \
     || echo "bench $1 FAILED or timed out"
   local d=$((SECONDS - t0))
   [ "$d" -gt "$LONGEST" ] && LONGEST=$d
@@ -196,6 +198,16 @@ if [ "${CAPTURE_CHECK:-0}" = 1 ]; then
   timeout "$(( $(left) - 5 ))" "$PY" "$REPO/benchmarks/capture_agreement.py" "$MODEL" --placement n-cpu-moe=3 \
     --prompt-tokens 512 --gen-tokens 16 --out "$OUTDIR/capture.json" || echo "capture check FAILED"
   phase capture_check $((SECONDS - t))
+  exit 0
+fi
+
+if [ -n "${PLACEMENTS:-}" ]; then
+  echo "== PLACEMENTS: only these benches"
+  t=$SECONDS
+  while IFS='|' read -r -u 3 name placement threads; do  # fd 3: the benches keep stdin
+    [ -n "$name" ] && bench "$name" "$placement" "$threads"
+  done 3<<< "$PLACEMENTS"
+  phase benches $((SECONDS - t))
   exit 0
 fi
 

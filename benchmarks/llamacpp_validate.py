@@ -131,14 +131,15 @@ def policy_of(placement: str, n_layer: int) -> tuple[str, dict[str, Any]] | None
     return None
 
 
-def measured_hit_rate(result: dict[str, Any], spec: ModelSpec) -> float | None:
-    """Share of expert selections llama.cpp served from VRAM under the placement it applied: the MoE
-    layers whose expert tensors were not overridden to the CPU (from llama.cpp's own log lines)."""
+def cpu_expert_layers(result: dict[str, Any]) -> set[int] | None:
+    """The layers whose expert tensors llama.cpp put in host memory under the placement it applied
+    (from its own log lines); every layer for ``-ngl 0``, ``None`` when patterns were given but no
+    log line was seen (unknown)."""
     if int(result.get("n_gpu_layers", 999)) == 0:
-        return 0.0
+        return set((result.get("model_info") or {}).get("moe_layers") or [])
     over = result.get("overridden_tensors") or {}
     if result.get("overrides") and not over:
-        return None  # patterns given but no log lines seen: unknown
+        return None
     cpu_layers = set()
     for name, buft in over.items():
         parts = name.split(".")
@@ -147,6 +148,17 @@ def measured_hit_rate(result: dict[str, Any], spec: ModelSpec) -> float | None:
         b = str(buft).upper()
         if len(parts) > 2 and parts[0] == "blk" and "_exps" in name and (b.startswith("CPU") or b.endswith("_HOST")):
             cpu_layers.add(int(parts[1]))
+    return cpu_layers
+
+
+def measured_hit_rate(result: dict[str, Any], spec: ModelSpec) -> float | None:
+    """Share of expert selections llama.cpp served from VRAM under the placement it applied: the MoE
+    layers whose expert tensors were not overridden to the CPU (from llama.cpp's own log lines)."""
+    if int(result.get("n_gpu_layers", 999)) == 0:
+        return 0.0
+    cpu_layers = cpu_expert_layers(result)
+    if cpu_layers is None:
+        return None
     moe = set(int(x) for x in spec.moe_layers)
     return (len(moe) - len(moe & cpu_layers)) / max(len(moe), 1)
 
