@@ -389,3 +389,59 @@ def test_h200_llamacpp_preset_reproduces_the_committed_predictions() -> None:
     for r in checks:
         res = mod._sim(trace, spec, hw, r["placement"])
         assert res.decode_tok_s == pytest.approx(r["predicted_tok_s"], rel=1e-9), r["name"]
+
+
+# --------------------------------------------------------------------------- benchmarks/llamacpp_placements.py
+def _placements_module():
+    import importlib.util
+    import sys
+
+    bdir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bdir))  # it imports llamacpp_validate from beside it
+    try:
+        spec = importlib.util.spec_from_file_location("llamacpp_placements", bdir / "llamacpp_placements.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bdir))
+    return mod
+
+
+def test_llamacpp_placements_fits_ms_per_cpu_layer_by_position(tmp_path: Path) -> None:
+    mod = _placements_module()
+    d = "2026-12-01T00:00:00+00:00"
+    # decode ms/token = 1 + 1.5 x CPU layers exactly; 1000 / ms is the tok/s a bench would report
+    res = {f"n{n}": _fake_result(f"n-cpu-moe={n}", n, 1000 / (1 + 1.5 * n), 100.0, d) for n in range(5)}
+    pos = _fake_result("-ot blk\\.[13]\\.ffn_.*_exps=CPU", None, 1000 / 4.6, 100.0, d)  # 2 layers, 0.6 ms off
+    pos["overrides"] = [{"pattern": "x", "buft": "CPU"}]
+    pos["overridden_tensors"] = {f"blk.{i}.ffn_{w}_exps.weight": "CUDA_Host" for i in (1, 3) for w in ("up", "down", "gate")}
+    res["pos13"] = pos
+    res["t8"] = dict(_fake_result("n-cpu-moe=4", 4, 1000 / 20.0, 100.0, d), threads=8)  # other thread count: not fitted
+    res["all-cpu"] = dict(_fake_result("all-cpu", None, 1000 / 30.0, 100.0, d), model_info={"moe_layers": [0, 1, 2, 3, 4, 5]})
+    src = tmp_path / "bench-all.json"
+    src.write_text(json.dumps(res))
+    out = tmp_path / "p.json"
+    assert mod.main([str(src), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    rows = {r["name"]: r for r in got["runs"]}
+    assert rows["pos13"]["cpu_layers"] == [1, 3] and rows["pos13"]["n_cpu_layers"] == 2
+    assert rows["all-cpu"]["all_cpu"] and rows["all-cpu"]["n_cpu_layers"] == 6 and "residual_ms" not in rows["all-cpu"]
+    assert "residual_ms" not in rows["t8"]
+    # least squares by hand over x = 0,1,2,3,4,2 and y = 1,2.5,4,5.5,7,4.6: means 2 and 4.1, Sxx 10,
+    # Sxy 15 -> slope 1.5, intercept 4.1 - 3 = 1.1; residuals pos13 4.6 - 4.1 = +0.5, n0 1 - 1.1 = -0.1
+    fit = got["fit"]
+    assert fit["runs"] == 6 and fit["threads"] == 16
+    assert fit["intercept_ms"] == pytest.approx(1.1) and fit["per_cpu_layer_ms"] == pytest.approx(1.5)
+    assert rows["pos13"]["residual_ms"] == pytest.approx(0.5) and rows["n0"]["residual_ms"] == pytest.approx(-0.1)
+
+
+def test_llamacpp_placements_reproduces_the_documented_h200_line() -> None:
+    # NOTE: docs/llamacpp.md quotes this fit of the committed run 1: 1.01 + 1.35 ms per CPU-expert layer,
+    # n-cpu-moe=5 +0.79 ms and =6 -0.59 ms off the line
+    mod = _placements_module()
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "2026-11-29-h200" / "llamacpp-run1" / "bench-all.json"
+    rows = mod.rows_of(json.loads(src.read_text()))
+    fit = mod.fit_slope(rows)
+    assert round(fit["intercept_ms"], 2) == 1.01 and round(fit["per_cpu_layer_ms"], 2) == 1.35
+    r = {x["name"]: x for x in rows}
+    assert round(r["n-cpu-moe-5"]["residual_ms"], 2) == 0.79 and round(r["cpu-moe-6"]["residual_ms"], 2) == -0.59
