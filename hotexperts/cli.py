@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "hardware": "hotexperts.sim.cli",
     "tune": "hotexperts.studies.cli",
     "report": "hotexperts.studies.cli",
+    "check": "hotexperts.studies.cli",
     "calibrate": "hotexperts.runtime.cli",
     "validate": "hotexperts.runtime.cli",
     "bench": "hotexperts.llamacli",

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from hotexperts.policies._engine import Policy, put, step_stats
+from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 from hotexperts.policies.window import cap_experts
 
 __all__ = ["Decay"]
@@ -46,6 +46,9 @@ class Decay(Policy):
     cap_bytes: int = field(default=128 << 20, metadata={"help": "upload cap per pass in bytes (all layers)"})
     expert_bytes: int = field(default=0, metadata={"help": "bytes of one expert (0 = no byte cap)"})
     observe_max_tokens: int = field(default=4, metadata={"help": "steps of at most this many tokens count fully"})
+    max_tokens: int = field(
+        default=0, metadata={"help": "steps with more tokens run the plain path, no hits (0 = every step uses the slots)"}
+    )
 
     def __post_init__(self) -> None:
         if self.pass_interval <= 0:
@@ -54,6 +57,11 @@ class Decay(Policy):
             raise ValueError(f"decay: decay must be in [0, 1], got {self.decay}")
         if self.cap_bytes < 0 or self.expert_bytes < 0 or self.prompt_weight < 0:
             raise ValueError("decay: cap_bytes, expert_bytes and prompt_weight must be >= 0")
+
+    def bypass(self, prep: Prepared) -> np.ndarray:
+        if self.max_tokens <= 0:
+            return np.zeros(prep.n_steps, np.bool_)
+        return prep.step_tokens > self.max_tokens
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(

@@ -91,6 +91,9 @@ class Static(Policy):
         metadata={"help": "(n_layers, n_expert) counts choosing the hot sets; None = the replayed trace's own"},
     )
     phase: str = field(default="decode", metadata={"help": "with counts=None: count 'decode' or 'all' selections"})
+    max_tokens: int = field(
+        default=0, metadata={"help": "steps with more tokens run the plain path, no hits (0 = every step uses the slots)"}
+    )
 
     def __post_init__(self) -> None:
         if self.phase not in ("decode", "all"):
@@ -127,6 +130,11 @@ class Static(Policy):
     def initial(self, prep: Prepared, slots: np.ndarray, resident: np.ndarray) -> None:
         for ly, hot in enumerate(static_hot_sets(self._counts(prep), slots)):
             resident[ly, : hot.size] = hot
+
+    def bypass(self, prep: Prepared) -> np.ndarray:
+        if self.max_tokens <= 0:
+            return np.zeros(prep.n_steps, np.bool_)
+        return prep.step_tokens > self.max_tokens
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(static_kernel(prep.experts, prep.present, prep.has_present, prep.bounds, bypass,

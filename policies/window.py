@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from hotexperts.policies._engine import Policy, put, step_stats
+from hotexperts.policies._engine import Policy, Prepared, put, step_stats
 
 __all__ = ["Window", "cap_experts"]
 
@@ -49,12 +49,20 @@ class Window(Policy):
     cap_bytes: int = field(default=64 << 20, metadata={"help": "upload cap per step in bytes (all layers)"})
     expert_bytes: int = field(default=0, metadata={"help": "bytes of one expert (0 = no byte cap)"})
     observe_max_tokens: int = field(default=4, metadata={"help": "only steps of at most this many tokens are observed"})
+    max_tokens: int = field(
+        default=0, metadata={"help": "steps with more tokens run the plain path, no hits (0 = every step uses the slots)"}
+    )
 
     def __post_init__(self) -> None:
         if self.window <= 0 or self.min_sightings <= 0:
             raise ValueError("window: window and min_sightings must be positive")
         if self.hyst < 0 or self.cap_bytes < 0 or self.expert_bytes < 0:
             raise ValueError("window: hyst, cap_bytes and expert_bytes must be >= 0")
+
+    def bypass(self, prep: Prepared) -> np.ndarray:
+        if self.max_tokens <= 0:
+            return np.zeros(prep.n_steps, np.bool_)
+        return prep.step_tokens > self.max_tokens
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(

@@ -35,7 +35,11 @@ def register(sub: Any) -> None:
     t.add_argument("--seed", type=int, default=0, help="sampler and synthetic-trace seed (default 0)")
     t.add_argument("--policies", default=",".join(FAMILIES),
                    help=f"policy families to search (default {','.join(FAMILIES)})")
-    t.add_argument("--modes", default=",".join(MODES), help=f"execution modes to search (default {','.join(MODES)})")
+    t.add_argument("--modes", default=",".join(MODES),
+                   help=f"execution modes to search (default {','.join(MODES)}; real runtimes run cold-cpu only)")
+    t.add_argument("--target", default="any", metavar="T",
+                   help="runtime the recommendation is written for: fork, turboquant, upstream-lru, mainline, any "
+                        "(every one of those; default) or lab (anything the simulator scores, no run files)")
     t.add_argument("--prefill-weight", type=float, default=0.0, metavar="W",
                    help="objective = throughput of a workload with a share W of prompt tokens (default 0: decode)")
     t.add_argument("--multi-objective", action="store_true", help="maximise tok/s and minimise VRAM (Pareto front)")
@@ -49,6 +53,57 @@ def register(sub: Any) -> None:
     r.add_argument("dir", metavar="DIR", help="folder written by `hotexperts tune`")
     r.add_argument("--storage", default=None, metavar="URL", help="study storage if not the one recorded")
     r.set_defaults(func=_report)
+    _register_check(sub)
+
+
+def _register_check(sub: Any) -> None:
+    c = sub.add_parser(
+        "check",
+        help="read a llama-server command and environment as the runtime does; predict tok/s and VRAM",
+        description=(
+            "Reconstruct the configuration a llama-server command runs (llama.cpp, the ParmesanParty fork, the "
+            "turboquant fork or the upstream LRU pull request: env files, flags, the profile it loads), then "
+            "predict decode/prefill tok/s, hit rate and its VRAM with the headroom left. PATH is a run script "
+            "(e.g. llama-server.sh) or a folder written by `hotexperts tune` (model, machine, budget and trace are "
+            "then read from it and the prediction is compared with the tuned one); or give the command after --. "
+            "Exit status 3 when it does not fit the VRAM budget."
+        ),
+    )
+    c.add_argument("path", nargs="?", metavar="PATH", help="run script or tune folder")
+    c.add_argument("--env", action="append", default=[], metavar="FILE",
+                   help="env file (KEY=VALUE lines) set before the command; repeatable")
+    c.add_argument("--model", default=None, metavar="SPEC", help="model preset or GGUF path (default: the -m file)")
+    c.add_argument("--hardware", default=None, metavar="HW", help="hardware preset or profile JSON")
+    c.add_argument("--vram-gb", type=float, default=None, metavar="G", help="VRAM budget in GiB (default: the card)")
+    c.add_argument("--trace", default=None, metavar="TRACE", help="routing trace (default: synthetic for the model)")
+    c.add_argument("--target", default=None, metavar="T", help="runtime that runs the command (default: detected)")
+    c.add_argument("--remap", action="store_true", default=None, help="map the trace's MoE layers onto the model's")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- llama-server ARGS",
+                   help="the command line to check (after --)")
+    c.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import json
+
+    from hotexperts.errors import InputError
+    from hotexperts.studies.check import check, format_text
+
+    argv = list(args.argv or [])
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if args.path is None and not argv:
+        raise InputError(None, "nothing to check: give a run script, a tune folder or -- llama-server ARGS")
+    if args.path is not None and argv:
+        raise InputError(None, "give a run script or folder, or a command after --, not both")
+    cr = check(args.path, argv=argv or None, env_files=args.env, model=args.model, hardware=args.hardware,
+               vram_gb=args.vram_gb, trace=args.trace, target=args.target, remap=args.remap)
+    if args.json:
+        print(json.dumps(cr.to_json(), indent=2, default=str))
+    else:
+        print(format_text(cr))
+    return 0 if cr.vram["fits"] else 3
 
 
 def _split(s: str) -> tuple[str, ...]:
@@ -64,7 +119,7 @@ def _tune(args: argparse.Namespace) -> int:
         trace=args.trace, model=args.model, hardware=args.hardware, vram_gb=args.vram_gb, context=args.context,
         kv_type=args.kv_type, trials=args.trials, jobs=args.jobs, storage=args.storage, study=args.study,
         seed=args.seed, policies=_split(args.policies), modes=_split(args.modes), prefill_weight=args.prefill_weight,
-        multi_objective=args.multi_objective, remap=args.remap, ubatch=args.ubatch, out=Path(args.out),
+        multi_objective=args.multi_objective, remap=args.remap, ubatch=args.ubatch, out=Path(args.out), target=args.target,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     b = best["best"]
@@ -75,6 +130,13 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"  vs {name:<15} {r['label']:<28} {r['decode_tok_s']:.2f} tok/s ({r['speedup_pct_of_best']:+.1f} %)")
     bb = best["belady_bound"]
     print(f"  belady bound at the same VRAM: hit rate {100 * bb['hit_rate']:.1f} %, {bb['decode_tok_s']:.2f} tok/s")
+    run = best.get("run", {})
+    if run.get("command"):
+        print(f"run it ({run['target']}): sh {run['script']}")
+        print(f"  {run['command']}")
+        print(f"  VRAM {run['vram_gib']:.2f} of {run['budget_gib']:.2f} GiB ({run['headroom_gib']:.2f} GiB headroom)")
+    else:
+        print("no run files: " + " ".join(best.get("run_files", {}).get("notes", [])))
     print(f"wrote {args.out}/best.json, report.html, run files and plots")
     return 0
 

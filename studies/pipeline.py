@@ -46,6 +46,7 @@ def tune(
     remap: bool = False,
     ubatch: int = 512,
     progress: bool = False,
+    target: str = "any",
 ) -> dict[str, Any]:
     """Run (or continue) a tuning study and write every output into ``out``; returns ``best.json``."""
     t0 = time.perf_counter()
@@ -62,7 +63,7 @@ def tune(
     cfg = TuneConfig(
         model=model, hardware=hardware, vram_gb=vram_gb, context=context, kv_type=kv_type, trials=trials, seed=seed,
         policies=tuple(policies), modes=tuple(modes), prefill_weight=prefill_weight, multi_objective=multi_objective,
-        remap=remap, ubatch=ubatch, trace=None if trace is None else str(trace), trace_sha=sha,
+        remap=remap, ubatch=ubatch, target=target, trace=None if trace is None else str(trace), trace_sha=sha,
     )
     # NOTE: validate everything (model, hardware, trace vs model, budget) before writing into --out
     ev = build_evaluator(cfg, tr)

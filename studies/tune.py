@@ -72,6 +72,7 @@ class TuneConfig:
     multi_objective: bool = field(default=False, metadata={"help": "tok/s vs VRAM Pareto front"})
     remap: bool = field(default=False, metadata={"help": "map trace layers onto the model's"})
     ubatch: int = field(default=512, metadata={"help": "ubatch size the compute buffer is sized for"})
+    target: str = field(default="any", metadata={"help": "runtime(s) the recommendation must run on (any = every runnable one)"})
     trace: str | None = field(default=None, metadata={"help": "trace path; None = synthetic default"})
     trace_sha: str = field(default="", metadata={"help": "sha256 of the trace file used"})
 
@@ -92,6 +93,18 @@ class TuneConfig:
             raise InputError(None, f"--vram-gb must be positive, got {self.vram_gb}")
         if self.context < 0:
             raise InputError(None, f"--context must be >= 0, got {self.context}")
+        from hotexperts.studies.targets import resolve_targets, target_for_family
+
+        targets = resolve_targets(self.target)
+        fams = [p for p in self.policies if target_for_family(targets, p) is not None]
+        if not fams:
+            names = ", ".join(t.name for t in targets)
+            raise InputError(None, f"--target {self.target} ({names}) runs none of the families {', '.join(self.policies)}; "
+                                   "--target lab scores any configuration")
+        modes = {m for t in targets for m in t.modes}
+        if not modes & set(self.modes):
+            raise InputError(None, f"--target {self.target} runs only mode(s) {', '.join(sorted(modes))}, not "
+                                   f"{', '.join(self.modes)}; --target lab scores any mode")
 
     def key(self) -> str:
         """Hash of what defines the search (not the trial count): the default study name."""
@@ -111,6 +124,7 @@ class TuneConfig:
         d = dict(d)
         d["policies"] = tuple(d.get("policies", FAMILIES))
         d["modes"] = tuple(d.get("modes", MODES))
+        d.setdefault("target", "lab")  # NOTE: studies written before targets existed searched everything
         return cls(**d)
 
 
@@ -178,16 +192,32 @@ def greedy_allocation(curves: np.ndarray, ks: np.ndarray, expert_bytes: np.ndarr
 # -------------------------------------------------------------------------------- evaluator
 @dataclass
 class Candidate:
-    """One configuration: policy family, its parameters, slots per model MoE layer and mode."""
+    """One configuration: policy family, its parameters, slots per model MoE layer and mode.
+
+    ``target`` names the runtime it is written for (``hotexperts.studies.targets``) and ``knobs`` the
+    runtime settings that are not policy parameters (a profile budget in MiB, a profile section...);
+    ``counts`` are the per-layer routing counts a ``static`` hot set is chosen from (the profile the
+    runtime reads), None for the evaluator's own.
+    """
 
     policy: str
     params: dict[str, Any]
     slots: list[int]
     mode: str = "cold-cpu"
     alloc: str = "uniform"
+    target: str = "lab"
+    knobs: dict[str, Any] = field(default_factory=dict)
+    counts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def key(self) -> str:
-        return json.dumps([self.policy, self.params, self.slots, self.mode], sort_keys=True, default=str)
+        extra = "" if self.counts is None else hashlib.sha1(np.ascontiguousarray(self.counts).tobytes()).hexdigest()
+        return json.dumps([self.policy, self.params, self.slots, self.mode, self.target, self.knobs, extra],
+                          sort_keys=True, default=str)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form (what a trial stores; ``counts`` left out)."""
+        return {"policy": self.policy, "params": self.params, "slots": [int(x) for x in self.slots],
+                "mode": self.mode, "alloc": self.alloc, "target": self.target, "knobs": self.knobs}
 
 
 class Evaluator:
@@ -197,9 +227,12 @@ class Evaluator:
         from hotexperts.sim.cost import vram_breakdown
         from hotexperts.sim.simulate import map_trace_to_model
 
+        from hotexperts.studies.targets import resolve_targets
+
         self.cfg = cfg
         self.model = model
         self.hw = hardware
+        self.targets = resolve_targets(cfg.target)
         self.trace, _ = map_trace_to_model(trace, model, remap=cfg.remap, path=cfg.trace)
         self.budget = float(cfg.vram_gb) * GiB
         self.expert_bytes = np.asarray(model.expert_bytes, np.float64)
@@ -212,6 +245,7 @@ class Evaluator:
         self._curves: np.ndarray | None = None
         self._curve_ks: np.ndarray | None = None
         self._static_counts: np.ndarray | None = None
+        self._profile: Any = None
 
     # -- VRAM
     def vram(self, slots: Sequence[int] | np.ndarray) -> dict[str, Any]:
@@ -230,8 +264,22 @@ class Evaluator:
             return np.zeros(self.model.n_moe_layers, np.int64)
         return np.asarray(cand.slots, np.int64)
 
-    def fits(self, cand: Candidate) -> tuple[bool, dict[str, Any]]:
+    def vram_of(self, cand: Candidate) -> dict[str, Any]:
+        """The VRAM breakdown of ``cand`` as its target runs it (zero slots and id tables included)."""
+        from hotexperts.studies.targets import REGISTRY
+
         vb = self.vram(self.slots_of(cand))
+        t = REGISTRY.get(cand.target)
+        extra = float(t.vram_extra(cand, self.model)) if t is not None else 0.0
+        if extra:
+            vb["runtime_extra"] = extra
+            vb["total"] = float(vb["total"]) + extra
+            vb["free"] = float(vb["budget"]) - vb["total"]
+            vb["fits"] = bool(vb["total"] <= vb["budget"])
+        return vb
+
+    def fits(self, cand: Candidate) -> tuple[bool, dict[str, Any]]:
+        vb = self.vram_of(cand)
         return bool(vb["fits"]), vb
 
     # -- curves for the per-layer allocation
@@ -261,18 +309,33 @@ class Evaluator:
         curves, ks = self.layer_curves()
         return [int(x) for x in greedy_allocation(curves, ks, self.expert_bytes, budget_bytes, self.model.n_expert)]
 
-    def static_counts(self) -> np.ndarray:
-        """Counts for the static family, learned on the first half of the decode tokens (and prompts).
+    def training_trace(self) -> Trace:
+        """The part of the trace hot sets are learned from: everything before the second half of the decode
+        tokens (the prompts included), what a user's profiling run would have seen.
 
-        NOTE: learning the hot set from the very tokens it is scored on would flatter it; the first half
-        is what a user's profiling run would have seen.
+        NOTE: learning the hot set from the very tokens it is scored on would flatter it.
         """
+        dec = np.flatnonzero(self.trace.phase == PHASE_DECODE)
+        cut = int(dec[len(dec) // 2]) if dec.size else self.trace.n_tokens
+        if cut <= 0:
+            return self.trace
+        mask = np.zeros(self.trace.n_tokens, bool)
+        mask[:cut] = True
+        return self.trace.select(mask)
+
+    def profile(self) -> Any:
+        """The ``.moeprof`` profile of :meth:`training_trace` (what a static run file ships)."""
+        if self._profile is None:
+            from hotexperts.tracer.profile import profile_from_trace
+
+            self._profile = profile_from_trace(self.training_trace(), source="hotexperts-tune")
+        return self._profile
+
+    def static_counts(self) -> np.ndarray:
+        """Counts for the static family: the ``decode_union`` section of :meth:`profile`, per MoE layer."""
         if self._static_counts is None:
-            dec = np.flatnonzero(self.trace.phase == PHASE_DECODE)
-            cut = int(dec[len(dec) // 2]) if dec.size else self.trace.n_tokens
-            mask = np.zeros(self.trace.n_tokens, bool)
-            mask[:cut] = True
-            self._static_counts = self.trace.select(mask).counts() if cut else self.trace.counts()
+            tab = np.asarray(self.profile().sections["decode_union"])
+            self._static_counts = tab[list(self.model.moe_layers)].astype(np.float64)
         return self._static_counts
 
     # -- policies
@@ -283,7 +346,8 @@ class Evaluator:
         if cand.policy in ("window", "decay"):
             p.setdefault("expert_bytes", int(self.expert_bytes.mean()))
         if cand.policy == "static":
-            p = {"counts": self.static_counts()}
+            p = {"counts": self.static_counts() if cand.counts is None else cand.counts,
+                 **{k: v for k, v in cand.params.items() if k != "counts"}}
         if cand.policy == "layer-offload" and "gpu_layers" in p:
             p["gpu_layers"] = tuple(p["gpu_layers"])
         return make_policy(cand.policy, **p)
@@ -315,9 +379,9 @@ class Evaluator:
     def best_layer_offload(self) -> Candidate:
         """The largest ``--n-cpu-moe`` GPU share (last layers) that fits: what users run today."""
         n_layer = self.model.n_layer
-        best = Candidate("layer-offload", {"n_cpu_moe": n_layer}, [0] * self.model.n_moe_layers)
+        best = Candidate("layer-offload", {"n_cpu_moe": n_layer}, [0] * self.model.n_moe_layers, target="mainline")
         for n_cpu in range(n_layer, -1, -1):
-            cand = Candidate("layer-offload", {"n_cpu_moe": n_cpu}, [0] * self.model.n_moe_layers)
+            cand = Candidate("layer-offload", {"n_cpu_moe": n_cpu}, [0] * self.model.n_moe_layers, target="mainline")
             if self.fits(cand)[0]:
                 best = cand
             else:
@@ -326,12 +390,12 @@ class Evaluator:
 
     def baselines(self) -> dict[str, Candidate]:
         out = {
-            "all-cpu": Candidate("all-cpu", {}, [0] * self.model.n_moe_layers),
+            "all-cpu": Candidate("all-cpu", {}, [0] * self.model.n_moe_layers, target="mainline"),
             "best-n-cpu-moe": self.best_layer_offload(),
         }
         fork = Candidate(
             "fork", {"interval": FORK_DEFAULT["interval"], "pp_bypass": FORK_DEFAULT["pp_bypass"]},
-            [min(FORK_DEFAULT["hot_k"], self.model.n_expert)] * self.model.n_moe_layers,
+            [min(FORK_DEFAULT["hot_k"], self.model.n_expert)] * self.model.n_moe_layers, target="fork",
         )
         if self.fits(fork)[0]:
             out["fork-default"] = fork
@@ -340,49 +404,25 @@ class Evaluator:
 
 # ----------------------------------------------------------------------------- search space
 def suggest(trial: Any, ev: Evaluator) -> Candidate:
-    """Sample a candidate from the trial (conditional space: each family has its own parameters)."""
-    cfg, model = ev.cfg, ev.model
-    fam = trial.suggest_categorical("policy", list(cfg.policies))
-    n = model.n_moe_layers
-    if fam == "layer-offload":
-        n_gpu = trial.suggest_int("layer-offload.gpu_layers", 0, n)
-        return Candidate("layer-offload", {"n_cpu_moe": model.n_layer - n_gpu}, [0] * n)
-    mode = trial.suggest_categorical("mode", list(cfg.modes)) if len(cfg.modes) > 1 else cfg.modes[0]
-    alloc = trial.suggest_categorical("alloc", ["uniform", "greedy"]) if fam != "fork" else "uniform"
-    kmax = max(1, ev.kmax)
-    if alloc == "uniform":
-        k = trial.suggest_int("hot_k", 1, kmax)
-        slots = [k] * n
-    else:
-        fill = trial.suggest_float("fill", 0.1, 1.0)
-        slots = ev.allocate(fill * max(0.0, ev.free_bytes))
-    params: dict[str, Any] = {}
-    if fam == "fork":
-        params["interval"] = trial.suggest_int("fork.interval", 10, 200, step=10)
-        params["pp_bypass"] = trial.suggest_categorical("fork.pp_bypass", [0, 8, 32, 64, 128, 512])
-    elif fam == "lru":
-        params["inserts"] = trial.suggest_int("lru.inserts", 1, 16, log=True)
-    elif fam == "window":
-        w = trial.suggest_int("window.window", 4, 64, log=True)
-        params["window"] = w
-        params["min_sightings"] = trial.suggest_int("window.min_sightings", 1, max(1, min(8, w)))
-        params["hyst"] = trial.suggest_int("window.hyst", 0, 4)
-        params["cap_bytes"] = trial.suggest_categorical("window.cap_mib", [16, 32, 64, 128, 256, 1024]) << 20
-    elif fam == "decay":
-        params["decay"] = trial.suggest_float("decay.decay", 0.7, 0.99)
-        params["pass_interval"] = trial.suggest_int("decay.pass_interval", 1, 8)
-        params["admit"] = trial.suggest_float("decay.admit", 0.5, 4.0)
-        params["ratio"] = trial.suggest_float("decay.ratio", 1.0, 2.0)
-        params["margin"] = trial.suggest_float("decay.margin", 0.0, 2.0)
-        params["prompt_weight"] = trial.suggest_float("decay.prompt_weight", 0.0, 0.2)
-        params["cap_bytes"] = trial.suggest_categorical("decay.cap_mib", [32, 64, 128, 256, 1024]) << 20
-    return Candidate(fam, params, slots, mode=mode, alloc=alloc)
+    """Sample a candidate from the trial: a family, then the knobs of the target that runs it.
+
+    The family's target is the first of the study's targets (registry order) that runs it; the target
+    turns its knobs into the configuration the runtime executes (``hotexperts.studies.targets``).
+    """
+    from hotexperts.studies.targets import target_for_family
+
+    fams = [p for p in ev.cfg.policies if target_for_family(ev.targets, p) is not None]
+    fam = trial.suggest_categorical("policy", fams)
+    target = target_for_family(ev.targets, fam)
+    assert target is not None
+    return target.suggest(trial, ev, fam)
 
 
 def candidate_from_trial(trial: Any) -> Candidate:
     """The candidate a finished trial evaluated (stored as a user attribute)."""
     c = trial.user_attrs["candidate"]
-    return Candidate(c["policy"], c["params"], c["slots"], c.get("mode", "cold-cpu"), c.get("alloc", "uniform"))
+    return Candidate(c["policy"], c["params"], c["slots"], c.get("mode", "cold-cpu"), c.get("alloc", "uniform"),
+                     target=c.get("target", "lab"), knobs=c.get("knobs", {}))
 
 
 def objective_fn(ev: Evaluator) -> Callable[[Any], Any]:
@@ -390,7 +430,7 @@ def objective_fn(ev: Evaluator) -> Callable[[Any], Any]:
 
     def fn(trial: Any) -> Any:
         cand = suggest(trial, ev)
-        trial.set_user_attr("candidate", asdict(cand))
+        trial.set_user_attr("candidate", cand.to_json())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ok, vb = ev.fits(cand)
         trial.set_user_attr("vram_bytes", float(vb["total"]))
@@ -515,7 +555,7 @@ def enqueue_seeds(study: Any, ev: Evaluator) -> None:
         seeds.append({"policy": "decay", "mode": "cold-cpu", "alloc": "uniform", "hot_k": kmax})
     if "layer-offload" in fams:
         n_gpu = ev.model.n_layer - int(ev.best_layer_offload().params["n_cpu_moe"])
-        seeds.append({"policy": "layer-offload", "layer-offload.gpu_layers": max(0, n_gpu)})
+        seeds.append({"policy": "layer-offload", "layer-offload.gpu_layers": max(0, n_gpu), "layer-offload.order": "last"})
     for s in seeds:
         if len(ev.cfg.modes) == 1:
             s.pop("mode", None)
@@ -627,7 +667,8 @@ def fork_grid(ev: Evaluator, ks: Sequence[int], intervals: Sequence[int], *, pp_
     out = np.full((len(ks), len(intervals)), np.nan)
     for i, k in enumerate(ks):
         for j, iv in enumerate(intervals):
-            c = Candidate("fork", {"interval": int(iv), "pp_bypass": pp_bypass}, [int(k)] * ev.model.n_moe_layers)
+            c = Candidate("fork", {"interval": int(iv), "pp_bypass": pp_bypass}, [int(k)] * ev.model.n_moe_layers,
+                          target="fork" if any(t.name == "fork" for t in ev.targets) else "lab")
             if ev.fits(c)[0]:
                 out[i, j] = ev.objective(ev.evaluate(c))
     return out
@@ -638,11 +679,15 @@ def replace_trials(cfg: TuneConfig, trials: int) -> TuneConfig:
 
 
 def summarize(res: Any, ev: Evaluator, cand: Candidate) -> dict[str, Any]:
-    vb = ev.vram(ev.slots_of(cand))
+    vb = ev.vram_of(cand)
     return {
         "policy": cand.policy,
+        "target": cand.target,
+        "knobs": dict(cand.knobs),
         "label": res.label,
-        "params": res.params if cand.policy != "static" else {"counts": "first half of the trace's decode tokens"},
+        "params": res.params if cand.policy != "static" else {
+            **{k: v for k, v in res.params.items() if k != "counts"},
+            "counts": "decode_union profile of the trace before the second half of its decode tokens"},
         "mode": cand.mode,
         "alloc": cand.alloc,
         "slots_per_layer": [int(x) for x in ev.slots_of(cand)],

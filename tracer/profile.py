@@ -36,6 +36,7 @@ __all__ = [
     "SECTIONS",
     "Profile",
     "load_moeprof",
+    "moeprof_text",
     "profile_from_trace",
     "write_moeprof",
 ]
@@ -161,8 +162,8 @@ def _fmt_row(a: np.ndarray) -> str:
     return " ".join(f"{v:.17g}" for v in a.tolist())
 
 
-def write_moeprof(profile: Profile, path: str | os.PathLike[str]) -> None:
-    """Write ``profile`` atomically in the fork's ``.moeprof v1`` layout (header field order as the fork's)."""
+def moeprof_text(profile: Profile) -> str:
+    """``profile`` in the fork's ``.moeprof v1`` layout (header field order as the fork's)."""
     if not profile.layers:
         raise ValueError("profile has no layers")
     if max(profile.layers) >= profile.n_layer:
@@ -175,13 +176,20 @@ def write_moeprof(profile: Profile, path: str | os.PathLike[str]) -> None:
         # NOTE: the header is split on whitespace, so a value may not contain any (make_profile.py does the same)
         sval = re.sub(r"\s+", "_", sval) or "-"
         parts.append(f"{key}={sval}")
+    lines = [" ".join(parts)]
+    for name, table in profile.sections.items():
+        if table.shape != (profile.n_layer, profile.n_expert):
+            raise ValueError(f"section {name} has shape {table.shape}")
+        for il in profile.layers:
+            lines.append(f"{name} {il} {_fmt_row(table[il])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_moeprof(profile: Profile, path: str | os.PathLike[str]) -> None:
+    """Write ``profile`` atomically in the fork's ``.moeprof v1`` layout (:func:`moeprof_text`)."""
+    text = moeprof_text(profile)
     with atomic_open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(" ".join(parts) + "\n")
-        for name, table in profile.sections.items():
-            if table.shape != (profile.n_layer, profile.n_expert):
-                raise ValueError(f"section {name} has shape {table.shape}")
-            for il in profile.layers:
-                fh.write(f"{name} {il} {_fmt_row(table[il])}\n")
+        fh.write(text)
 
 
 def profile_from_trace(trace: Trace, *, source: str | None = None) -> Profile:
