@@ -69,7 +69,8 @@ def _register_check(sub: Any) -> None:
             "Exit status 3 when it does not fit the VRAM budget."
         ),
     )
-    c.add_argument("path", nargs="?", metavar="PATH", help="run script or tune folder")
+    c.add_argument("words", nargs="*", metavar="PATH | -- llama-server ARGS",
+                   help="a run script or tune folder, or (after --) the command line to check")
     c.add_argument("--env", action="append", default=[], metavar="FILE",
                    help="env file (KEY=VALUE lines) set before the command; repeatable")
     c.add_argument("--model", default=None, metavar="SPEC", help="model preset or GGUF path (default: the -m file)")
@@ -79,8 +80,6 @@ def _register_check(sub: Any) -> None:
     c.add_argument("--target", default=None, metavar="T", help="runtime that runs the command (default: detected)")
     c.add_argument("--remap", action="store_true", default=None, help="map the trace's MoE layers onto the model's")
     c.add_argument("--json", action="store_true", help="print JSON")
-    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- llama-server ARGS",
-                   help="the command line to check (after --)")
     c.set_defaults(func=_check)
 
 
@@ -90,14 +89,17 @@ def _check(args: argparse.Namespace) -> int:
     from hotexperts.errors import InputError
     from hotexperts.studies.check import check, format_text
 
-    argv = list(args.argv or [])
-    if argv and argv[0] == "--":
-        argv = argv[1:]
-    if args.path is None and not argv:
+    import os
+
+    words = list(args.words)
+    if not words:
         raise InputError(None, "nothing to check: give a run script, a tune folder or -- llama-server ARGS")
-    if args.path is not None and argv:
-        raise InputError(None, "give a run script or folder, or a command after --, not both")
-    cr = check(args.path, argv=argv or None, env_files=args.env, model=args.model, hardware=args.hardware,
+    path, argv = None, None
+    if os.path.basename(words[0]).startswith("llama-") or len(words) > 1:
+        argv = words
+    else:
+        path = words[0]
+    cr = check(path, argv=argv, env_files=args.env, model=args.model, hardware=args.hardware,
                vram_gb=args.vram_gb, trace=args.trace, target=args.target, remap=args.remap)
     if args.json:
         print(json.dumps(cr.to_json(), indent=2, default=str))

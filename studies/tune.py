@@ -542,7 +542,9 @@ def enqueue_seeds(study: Any, ev: Evaluator) -> None:
     if study.user_attrs.get("seeded"):
         return
     study.set_user_attr("seeded", True)
-    fams = ev.cfg.policies
+    from hotexperts.studies.targets import target_for_family
+
+    fams = [p for p in ev.cfg.policies if target_for_family(ev.targets, p) is not None]
     kmax = max(1, ev.kmax)
     seeds: list[dict[str, Any]] = []
     if "fork" in fams:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hotexperts.modelspec import ModelSpec
-from hotexperts.studies.runfiles import RunConfig, fork_env, mainline_placement, ot_patterns_for_gpu_layers
+from hotexperts.studies.runfiles import mainline_placement, ot_patterns_for_gpu_layers
 from hotexperts.studies.tune import greedy_allocation
 from hotexperts.tracer.trace import Trace
 
@@ -84,8 +84,13 @@ def test_greedy_allocation_matches_brute_force():
 
 # -------------------------------------------------------------------------------- run files
 def test_fork_env_exact():
-    rc = RunConfig(policy="fork", params={"interval": 60, "pp_bypass": 64}, slots=(44,) * 48, context=131072)
-    lines = fork_env(rc).splitlines()
+    from hotexperts.studies.targets import WriteContext, get_target
+    from hotexperts.studies.tune import Candidate
+
+    m = small_model()
+    cand = Candidate("fork", {"interval": 60, "pp_bypass": 64}, [44] * m.n_moe_layers, target="fork")
+    rf = get_target("fork").write(cand, WriteContext(model=m, context=131072))
+    lines = rf.files["hotexperts.env"].splitlines()
     for want in ("LLAMA_ARG_MOE_HOT_K=44", "LLAMA_ARG_MOE_HOT_REBALANCE_INTERVAL=60",
                  "LLAMA_MOE_HOT_PP_BYPASS_N_TOKENS=64", "LLAMA_ARG_OVERRIDE_TENSOR=exps=CPU",
                  "LLAMA_ARG_CTX_SIZE=131072", "LLAMA_ARG_CACHE_TYPE_K=q8_0"):
@@ -126,7 +131,13 @@ def test_tune_end_to_end_resume_and_report(setup, tmp_path):
     for stem in ("hit_rate_vs_slots", "fork_k_interval_heatmap", "pareto_tok_s_vs_vram", "expert_popularity",
                  "hit_rate_per_layer", "optimization_history"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and (out / f"{stem}.svg").exists()
-    assert (out / "llama-server.sh").exists() and (out / "mainline-placement.txt").exists()
+    assert (out / "llama-server.sh").exists() and not (out / "mainline-placement.txt").exists()
+    # the run files, read back as the runtime reads them, are the configuration that was scored
+    from hotexperts.studies.check import check
+
+    cr = check(out)
+    assert cr.result.decode_tok_s == pytest.approx(b["decode_tok_s"], rel=1e-9)
+    assert float(cr.vram["total"]) == pytest.approx(b["vram_bytes"], rel=1e-12)
 
     import optuna
 
@@ -147,6 +158,7 @@ def test_tune_end_to_end_resume_and_report(setup, tmp_path):
         elif t.state == optuna.trial.TrialState.COMPLETE:
             assert t.user_attrs["vram_bytes"] <= 1.45 * 2**30
     # the report can be rebuilt from the stored study
+    best = json.loads((out / "best.json").read_text())
     (out / "report.html").unlink()
     r = run_cli("report", str(out))
     assert r.returncode == 0, r.stderr

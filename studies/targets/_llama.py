@@ -76,8 +76,8 @@ GENERIC_FLAGS: tuple[Flag, ...] = (
     _f("cache_type_k", "-ctk", "--cache-type-k", env="LLAMA_ARG_CACHE_TYPE_K"),
     _f("cache_type_v", "-ctv", "--cache-type-v", env="LLAMA_ARG_CACHE_TYPE_V"),
     _f("override_tensor", "-ot", "--override-tensor", env="LLAMA_ARG_OVERRIDE_TENSOR", repeat=True),
-    _f("cpu_moe", "-cmoe", "--cpu-moe", env="LLAMA_ARG_CPU_MOE", value=False),
-    _f("n_cpu_moe", "-ncmoe", "--n-cpu-moe", env="LLAMA_ARG_N_CPU_MOE"),
+    _f("cpu_moe", "-cmoe", "--cpu-moe", env="LLAMA_ARG_CPU_MOE", value=False, repeat=True),
+    _f("n_cpu_moe", "-ncmoe", "--n-cpu-moe", env="LLAMA_ARG_N_CPU_MOE", repeat=True),
     # no effect the cost model knows of
     _f("threads", "-t", "--threads", env="LLAMA_ARG_THREADS", priced=_IGN),
     _f("threads_batch", "-tb", "--threads-batch", env="LLAMA_ARG_THREADS_BATCH", priced=_IGN),
@@ -122,7 +122,7 @@ GENERIC_FLAGS: tuple[Flag, ...] = (
 )
 
 _EXPERT_TENSORS = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
-_ALL_CPU_PATTERN = r"\.ffn_(up|down|gate)_(ch|)exps"
+_ALL_CPU_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
 
 @dataclass
@@ -131,7 +131,9 @@ class Invocation:
 
     values: dict[str, Any] = field(default_factory=dict)
     source: dict[str, str] = field(default_factory=dict)  # key -> "--flag" or "ENV_VAR"
-    overrides: list[tuple[str, str]] = field(default_factory=list)  # (pattern, buffer type), in order
+    # tensor placement rules in the order llama.cpp appends them: ("ot", pattern, buffer type),
+    # ("cpu_moe",) or ("n_cpu_moe", N)
+    rules: list[tuple[Any, ...]] = field(default_factory=list)
     program: str = "llama-server"
     origin: str = "<command>"
 
@@ -202,7 +204,7 @@ def parse_invocation(argv: Sequence[str], env: Mapping[str, str], flags: Iterabl
             raise InputError(origin, f"expected a llama-server command line, got program {args[0]!r}")
         inv.program = os.path.basename(args.pop(0))
     cli: dict[str, Any] = {}
-    cli_overrides: list[tuple[str, str]] = []
+    cli_rules: list[tuple[Any, ...]] = []
     i = 0
     while i < len(args):
         a = args[i]
@@ -224,23 +226,24 @@ def parse_invocation(argv: Sequence[str], env: Mapping[str, str], flags: Iterabl
             val = True
         if fl.priced not in ("yes", _IGN):
             raise InputError(origin, f"flag {name}: {fl.priced}")
-        if fl.key == "override_tensor":
-            cli_overrides += _split_overrides(str(val), origin, name)
+        cli_rules += _rules(fl.key, val, origin, name)
         cli[fl.key] = val
         inv.source[fl.key] = name
         i += 1
-    # environment first (in option order), then the command line; a flag on the command line wins
-    env_overrides: list[tuple[str, str]] = []
+    # NOTE: llama.cpp runs every option's handler for its variable first (in option order), then the
+    # command line's: a scalar given on the command line wins, and appending options (-ot, --cpu-moe,
+    # --n-cpu-moe) take both, the environment's first.
+    env_rules: list[tuple[Any, ...]] = []
     for var, fl in by_env.items():
-        if var not in env or fl.key in cli:
+        if var not in env:
             continue
         if fl.priced not in ("yes", _IGN):
             raise InputError(origin, f"variable {var}: {fl.priced}")
         raw = env[var]
         val = raw if fl.takes_value else raw.strip().lower() in _TRUE
-        if fl.key == "override_tensor":
-            env_overrides += _split_overrides(raw, origin, var)
-        if val is False:
+        if fl.repeat:
+            env_rules += _rules(fl.key, val, origin, var)
+        if fl.key in cli or val is False:
             continue
         inv.values[fl.key] = val
         inv.source[fl.key] = var
@@ -252,8 +255,24 @@ def parse_invocation(argv: Sequence[str], env: Mapping[str, str], flags: Iterabl
         if var.startswith("LLAMA_") and var not in by_env and var not in inv.values:
             raise InputError(origin, f"unknown variable {var}: hotexperts cannot price it")
     inv.values.update(cli)
-    inv.overrides = env_overrides + cli_overrides
+    inv.rules = env_rules + cli_rules
     return inv
+
+
+def _rules(key: str, val: Any, origin: str, name: str) -> list[tuple[Any, ...]]:
+    if key == "override_tensor":
+        return [("ot", p, b) for p, b in _split_overrides(str(val), origin, name)]
+    if key == "cpu_moe":
+        return [("cpu_moe",)] if val is True else []
+    if key == "n_cpu_moe":
+        try:
+            n = int(str(val).strip())
+        except ValueError:
+            raise InputError(origin, f"{name} expects an integer, got {val!r}") from None
+        if n < 0:
+            raise InputError(origin, f"{name} must be >= 0, got {n}")
+        return [("n_cpu_moe", n)]
+    return []
 
 
 def _split_overrides(val: str, origin: str, name: str) -> list[tuple[str, str]]:
@@ -289,12 +308,14 @@ def expert_placement(inv: Invocation, n_layer: int, moe_layers: Sequence[int]) -
     ``--cpu-moe``, then ``--n-cpu-moe N`` (the first N layers). A layer whose gate/up/down expert tensors
     land on different sides is an error (not priced).
     """
-    rules = list(inv.overrides)
-    if inv.get("cpu_moe"):
-        rules.append((_ALL_CPU_PATTERN, "CPU"))
-    n_cpu = inv.int_of("n_cpu_moe", 0, minimum=0) or 0
-    for il in range(min(n_cpu, n_layer)):
-        rules.append((rf"blk\.{il}{_ALL_CPU_PATTERN}", "CPU"))
+    rules: list[tuple[str, str]] = []
+    for r in inv.rules:
+        if r[0] == "ot":
+            rules.append((r[1], r[2]))
+        elif r[0] == "cpu_moe":
+            rules.append((_ALL_CPU_PATTERN, "CPU"))
+        else:
+            rules += [(rf"blk\.{il}{_ALL_CPU_PATTERN}", "CPU") for il in range(min(int(r[1]), n_layer))]
     compiled = [(re.compile(p), _host_buft(b, inv.origin)) for p, b in rules]
     out = []
     for il in moe_layers:

@@ -65,7 +65,7 @@ class MainlineTarget(Target):
         from hotexperts.studies.tune import Candidate
 
         n = model.n_moe_layers
-        if order == "last":
+        if order == "last" or n_gpu <= 0:
             return Candidate("layer-offload", {"n_cpu_moe": n_cpu_moe_for_last(model, n_gpu)}, [0] * n,
                              target=self.name)
         return Candidate("layer-offload", {"gpu_layers": smallest_layers(model, n_gpu)}, [0] * n,
