@@ -85,11 +85,10 @@ def _register_check(sub: Any) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from hotexperts.errors import InputError
     from hotexperts.studies.check import check, format_text
-
-    import os
 
     words = list(args.words)
     if not words:

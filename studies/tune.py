@@ -226,7 +226,6 @@ class Evaluator:
     def __init__(self, trace: Trace, model: ModelSpec, hardware: Any, cfg: TuneConfig) -> None:
         from hotexperts.sim.cost import vram_breakdown
         from hotexperts.sim.simulate import map_trace_to_model
-
         from hotexperts.studies.targets import resolve_targets
 
         self.cfg = cfg

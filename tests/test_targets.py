@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,13 @@ from hotexperts.studies.check import check, detect_target, serving_settings
 from hotexperts.studies.runfiles import write_run_files
 from hotexperts.studies.targets import ALL_RUN_FILES, REGISTRY, ReadContext, WriteContext, parse_for_targets
 from hotexperts.studies.targets._llama import expert_placement, read_env_file, read_script
-from hotexperts.studies.targets.turboquant import even_slots, layer_costs, mib_bytes, mib_text, profile_allocation
+from hotexperts.studies.targets.turboquant import (
+    even_slots,
+    layer_costs,
+    mib_bytes,
+    mib_text,
+    profile_allocation,
+)
 from hotexperts.studies.tune import Candidate, Evaluator, TuneConfig, default_trace, objective_fn
 
 GiB = 1 << 30
@@ -137,7 +142,6 @@ def test_profile_allocation_hand_computed():
     # take (0,0) 10 -> 35; (1,0) 20 -> 15; (1,1) 20 skip; (0,2) 10 -> 5; (1,2) skip; (0,3) 10 skip
     assert profile_allocation(counts, b, np.ones(2), 45).tolist() == [2, 1]
     # a cost of 2 on layer 0 moves its experts first: (0,0)=10 (0,2)=6 (1,0)=4 (1,1)=4 (0,3)=2 (1,2)=2
-    assert profile_allocation(counts, b, np.array([2.0, 1.0]), 45).tolist() == [3, 0] or True
     got = profile_allocation(counts, b, np.array([2.0, 1.0]), 45)
     # 10 -> 35, 10 -> 25, 20 -> 5, (1,1) skip, (0,3) 10 skip, (1,2) skip
     assert got.tolist() == [2, 1]

@@ -18,7 +18,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hotexperts.studies.targets._base import ReadContext, RunFiles, Target, WriteContext, common_args, common_env, env_file_text
+from hotexperts.studies.targets._base import (
+    ReadContext,
+    RunFiles,
+    Target,
+    WriteContext,
+    common_args,
+    common_env,
+    env_file_text,
+)
 from hotexperts.studies.targets._llama import Invocation, expert_placement
 
 __all__ = ["MainlineTarget", "ot_pattern_for_host_layers", "smallest_layers", "n_cpu_moe_for_last"]

@@ -46,7 +46,13 @@ from hotexperts.studies.targets._base import (
     host_layers_or_error,
 )
 from hotexperts.studies.targets._llama import Flag, Invocation
-from hotexperts.studies.targets.upstream_lru import LRU_FLAGS, lru_read, lru_suggest, lru_vram_extra, lru_write
+from hotexperts.studies.targets.upstream_lru import (
+    LRU_FLAGS,
+    lru_read,
+    lru_suggest,
+    lru_vram_extra,
+    lru_write,
+)
 
 __all__ = ["TurboquantTarget", "profile_allocation", "even_slots", "layer_costs", "mib_bytes", "DEFAULT_COST"]
 
