@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -311,3 +312,20 @@ def test_registry_targets_declare_their_files_and_families():
     assert set(FAMILIES) <= runnable | {"all-cpu"}
     for t in REGISTRY.values():
         assert t.name and t.title and t.families and t.file_names
+
+
+def test_readme_main_job_winner_fits_when_read_back(tmp_path):
+    """The README's main job, run as written: its run files, read back, fit 24 GiB and reproduce the prediction."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith("hotexperts tune --model"))
+    args = shlex.split(line)[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "demo")
+    r = run_cli(*args, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("check", str(tmp_path / "demo"), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    d = json.loads(r.stdout)
+    assert d["fits"] and d["vram_gib"] <= 24.0 and d["budget_gib"] == 24.0
+    assert d["tuned"]["decode_diff_pct"] == pytest.approx(0.0, abs=0.5)
