@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tune_live: budget {vram_gb} GiB (the fork default K=44 needs {budget:.3f} GiB on {espec.name})", flush=True)
     cmd = [sys.executable, "-m", "hotexperts", "tune", a.trace, "--model", str(mpath), "--hardware", a.hardware,
            "--vram-gb", str(vram_gb), "--context", "0", "--trials", str(a.trials), "--remap",
-           "--policies", "fork,lru,window,decay,layer-offload", "--out", str(out / "tune"), "--no-progress"]
+           "--policies", "fork,lru,window,decay,layer-offload", "--target", "lab", "--out", str(out / "tune"),
+           "--no-progress"]
     subprocess.run(cmd, check=True)
     best = json.loads((out / "tune" / "best.json").read_text(encoding="utf-8"))["best"]
     slots = [int(x) for x in best["slots_per_layer"]]
