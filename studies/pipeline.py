@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,20 @@ from hotexperts.studies.tune import (
 from hotexperts.tracer.trace import Trace
 
 __all__ = ["tune"]
+
+#: a temporary file of an atomic write this old was left by a killed run
+_STALE_TMP_SECONDS = 600.0
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove ``.NAME.XXXX.tmp`` files (atomic writes cut short by a kill) older than ten minutes."""
+    now = time.time()
+    for p in out.glob(".*.tmp"):
+        try:
+            if p.is_file() and now - p.stat().st_mtime > _STALE_TMP_SECONDS:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def tune(
@@ -50,6 +65,10 @@ def tune(
 ) -> dict[str, Any]:
     """Run (or continue) a tuning study and write every output into ``out``; returns ``best.json``."""
     t0 = time.perf_counter()
+    if jobs < 1:
+        raise InputError(None, f"--jobs must be >= 1, got {jobs}")
+    if not str(out).strip():
+        raise InputError(None, "--out is empty: name a folder for the study's outputs")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "--out must be a folder")
@@ -67,14 +86,25 @@ def tune(
     )
     # NOTE: validate everything (model, hardware, trace vs model, budget) before writing into --out
     ev = build_evaluator(cfg, tr)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".hotexperts-write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(out, f"cannot write the study folder: {exc.strerror or exc}") from None
+    _remove_stale_temporaries(out)
     trace_copy = out / "trace.hxt"
     # NOTE: the study folder keeps the exact trace it was tuned on, so `hotexperts report` and extra
     # workers (--jobs) replay the same routing.
-    if not trace_copy.exists() or (trace is not None and file_sha256(trace_copy) != sha):
+    # NOTE: a folder reused for another trace (or the synthetic default after a user trace) must not keep
+    # the earlier trace.hxt: `report` would rebuild from it
+    if trace is None or not trace_copy.exists() or file_sha256(trace_copy) != sha:
         tr.save(trace_copy)
     st, ev, url, name = run_study(cfg, tr, out, study_name=study, storage=storage, jobs=jobs, progress=progress,
                                 evaluator=ev)
-    write_text_atomic(out / "tune.json", json.dumps({"config": cfg.to_json(), "storage": url, "study_name": name},
+    local = f"sqlite:///{(out / 'study.db').resolve()}"
+    recorded = "sqlite:///study.db" if url == local else url
+    write_text_atomic(out / "tune.json", json.dumps({"config": cfg.to_json(), "storage": recorded, "study_name": name},
                                                      indent=2) + "\n")
     return finalize(st, ev, cfg, out, storage=url, study_name=name, seconds=time.perf_counter() - t0)

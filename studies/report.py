@@ -135,7 +135,7 @@ def _plots(study: Any, ev: Evaluator, cfg: TuneConfig, out_dir: Path, cand: Cand
 
     label = _objective_label(cfg)
     ne = ev.model.n_expert
-    kmax = max(8, min(ne, max(ev.kmax, 8)))
+    kmax = max(1, min(ne, max(ev.kmax, 8)))
     ks = sorted({k for k in (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256) if k <= kmax} | {kmax})
     curves: dict[str, list[float]] = {}
     for fam in ("fork", "lru", "window", "decay", "static"):
@@ -260,6 +260,14 @@ def _slots_text(slots: list[int]) -> str:
     return ", ".join(str(s) for s in slots)
 
 
+def stored_storage_url(stored: str, out_dir: Path) -> str:
+    """The storage URL recorded in ``tune.json``: a SQLite file in the folder is recorded by its name alone
+    (``sqlite:///study.db``) so that a copied or moved folder reads its own database."""
+    if stored.startswith("sqlite:///") and not Path(stored[len("sqlite:///"):]).is_absolute():
+        return f"sqlite:///{(out_dir / stored[len('sqlite:///'):]).resolve()}"
+    return stored
+
+
 def rebuild_report(out_dir: Path, *, storage: str | None = None) -> dict[str, Any]:
     """Rebuild ``best.json``, run files, plots and ``report.html`` from a stored study in ``out_dir``."""
     cfg_path = out_dir / "tune.json"
@@ -272,6 +280,10 @@ def rebuild_report(out_dir: Path, *, storage: str | None = None) -> dict[str, An
         raise InputError(cfg_path, f"corrupt tune.json ({exc})") from None
     trace = Trace.load(out_dir / "trace.hxt")
     ev = build_evaluator(cfg, trace)
-    url = storage or stored["storage"]
+    url = storage or stored_storage_url(str(stored.get("storage", "")), out_dir)
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if not db.is_file():
+            raise InputError(db, "no study database here (pass --storage URL if the study lives elsewhere)")
     study = open_study(url, stored["study_name"], cfg)
     return finalize(study, ev, cfg, out_dir, storage=url, study_name=stored["study_name"])

@@ -18,6 +18,7 @@ finished trials is capped at ``trials`` across all workers (:class:`optuna.study
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -89,8 +90,16 @@ class TuneConfig:
             raise InputError(None, f"--trials must be positive, got {self.trials}")
         if not 0.0 <= self.prefill_weight <= 1.0:
             raise InputError(None, f"--prefill-weight must be in [0, 1], got {self.prefill_weight}")
-        if self.vram_gb <= 0:
-            raise InputError(None, f"--vram-gb must be positive, got {self.vram_gb}")
+        if not math.isfinite(self.vram_gb) or self.vram_gb <= 0:
+            raise InputError(None, f"--vram-gb must be a positive number, got {self.vram_gb}")
+        if not self.modes:
+            raise InputError(None, "no execution mode to search (--modes is empty)")
+        from hotexperts.modelspec import KV_TYPE_BYTES
+
+        if self.kv_type not in KV_TYPE_BYTES:
+            raise InputError(None, f"unknown --kv-type {self.kv_type!r}; known: {', '.join(KV_TYPE_BYTES)}")
+        if self.ubatch <= 0:
+            raise InputError(None, f"--ubatch must be positive, got {self.ubatch}")
         if self.context < 0:
             raise InputError(None, f"--context must be >= 0, got {self.context}")
         from hotexperts.studies.targets import resolve_targets, target_for_family
@@ -493,8 +502,61 @@ def _rdb_storage(rdb_cls: Any, url: str, kwargs: dict[str, Any]) -> Any:
     return make()
 
 
-def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0) -> Any:
-    """Create or load the study (resumable)."""
+@contextlib.contextmanager
+def _study_lock(url: str) -> Any:
+    """An exclusive lock beside a SQLite study file while a process creates or joins the study.
+
+    NOTE: two ``tune`` runs starting on one new folder raced on optuna's table creation ("table studies
+    already exists") and, seeded alike, sampled the same configurations; under the lock each one sees what
+    the other created and enqueued. Other storages rely on :func:`_rdb_storage`.
+    """
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(url[len("sqlite:///"):] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study: Any) -> int:
+    """Mark FAIL the RUNNING trials whose worker (``host:pid``) was on this host and is gone (a killed run)."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = str(t.user_attrs.get("worker", ""))
+        h, _, pid = w.rpartition(":")
+        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            n += 1
+    return n
+
+
+def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0, evaluator: Evaluator | None = None) -> Any:
+    """Create or load the study (resumable); with ``evaluator``, also enqueue the seed trials.
+
+    Trials left RUNNING by a killed run on this host are marked FAIL. The sampler's seed is ``seed + 1000 x
+    worker`` plus the number of trials the study already holds, so a rerun or a second process joining
+    the study never replays the first one's samples, while a new single-worker study stays reproducible.
+    """
     import warnings
 
     import optuna
@@ -508,25 +570,31 @@ def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0) -> Any:
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
     else:
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
-    try:
-        storage = _rdb_storage(RDBStorage, url, kwargs)
-    except Exception as exc:  # any driver/connection failure becomes one line
-        raise HotExpertsError(f"cannot open study storage {url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True, group=True,
-                                         n_startup_trials=min(20, max(5, cfg.trials // 10)))
     directions: list[Any] = ["maximize", "minimize"] if cfg.multi_objective else ["maximize"]
-    for attempt in range(5):
+    with _study_lock(url):
         try:
-            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
-                                        load_if_exists=True)
-            break
-        except Exception:  # NOTE: two workers creating the same study at once: the loser loads it
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        study.set_user_attr("config", cfg.to_json())
+            storage = _rdb_storage(RDBStorage, url, kwargs)
+        except Exception as exc:  # any driver/connection failure becomes one line
+            raise HotExpertsError(f"cannot open study storage {url!r}: {type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0]}") from None
+        for attempt in range(5):
+            try:
+                study = optuna.create_study(storage=storage, study_name=name, directions=directions,
+                                            load_if_exists=True)
+                break
+            except Exception:  # NOTE: two workers creating the same study at once: the loser loads it
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        fail_dead_trials(study)
+        already = len(study.get_trials(deepcopy=False))
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker + already, multivariate=True,
+                                                   group=True, n_startup_trials=min(20, max(5, cfg.trials // 10)))
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            study.set_user_attr("config", cfg.to_json())
+        if evaluator is not None:
+            enqueue_seeds(study, evaluator)
     return study
 
 
@@ -568,7 +636,9 @@ def _optimize(study: Any, ev: Evaluator, total: int, progress: Callable[[], None
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # NOTE: optuna logs a failed trial's whole traceback at WARNING (53 lines for a Ctrl-C); the exception
+    # itself still reaches the caller, which prints one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     remaining = total - finished_count(study)
     if remaining <= 0:
         return
@@ -578,12 +648,35 @@ def _optimize(study: Any, ev: Evaluator, total: int, progress: Callable[[], None
     study.optimize(objective_fn(ev), n_trials=remaining, callbacks=cbs, gc_after_trial=False)
 
 
-def _worker_main(args: tuple[str, str, dict[str, Any], str, int, int]) -> None:
-    url, name, cfg_json, trace_path, total, worker = args
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker when its parent dies, and end on SIGTERM (no orphan workers)."""
+    import signal
+
+    def _term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent-pid check below still ends a late start
+        pass
+    if os.getppid() != parent:
+        raise SystemExit(0)
+
+
+def _worker_main(args: tuple[str, str, dict[str, Any], str, int, int, int]) -> None:
+    url, name, cfg_json, trace_path, total, worker, parent = args
+    _die_with_parent(parent)
     cfg = TuneConfig.from_json(cfg_json)
     ev = build_evaluator(cfg, Trace.load(trace_path))
     study = open_study(url, name, cfg, worker=worker)
-    _optimize(study, ev, total, None)
+    try:
+        _optimize(study, ev, total, None)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def build_evaluator(cfg: TuneConfig, trace: Trace) -> Evaluator:
@@ -610,8 +703,7 @@ def run_study(cfg: TuneConfig, trace: Trace, out_dir: Path, *, study_name: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out_dir)
     name = study_name or f"hotexperts-{cfg.key()}"
-    study = open_study(url, name, cfg)
-    enqueue_seeds(study, ev)
+    study = open_study(url, name, cfg, evaluator=ev)
     done0 = finished_count(study)
     bar = tqdm(total=cfg.trials, initial=min(done0, cfg.trials), desc="tune", unit="trial",
                disable=not progress, leave=False)
@@ -621,16 +713,23 @@ def run_study(cfg: TuneConfig, trace: Trace, out_dir: Path, *, study_name: str |
         else:
             trace_path = out_dir / "trace.hxt"
             ctx = mp.get_context("spawn")
-            procs = [ctx.Process(target=_worker_main, args=((url, name, cfg.to_json(), str(trace_path), cfg.trials, w + 1),))
+            procs = [ctx.Process(target=_worker_main,
+                                 args=((url, name, cfg.to_json(), str(trace_path), cfg.trials, w + 1, os.getpid()),))
                      for w in range(jobs)]
-            for p in procs:
-                p.start()
-            while any(p.is_alive() for p in procs):
-                time.sleep(0.5)
-                bar.n = min(cfg.trials, finished_count(study))
-                bar.refresh()
-            for p in procs:
-                p.join()
+            try:
+                for p in procs:
+                    p.start()
+                while any(p.is_alive() for p in procs):
+                    time.sleep(0.5)
+                    bar.n = min(cfg.trials, finished_count(study))
+                    bar.refresh()
+            finally:
+                # NOTE: on Ctrl-C or an error here, the workers stop too (SIGTERM, then they are joined)
+                for p in procs:
+                    if p.is_alive():
+                        p.terminate()
+                for p in procs:
+                    p.join()
             failed = [p.exitcode for p in procs if p.exitcode]
             if failed:
                 raise HotExpertsError(f"{len(failed)} tuning worker(s) failed (exit codes {failed})")
