@@ -5,27 +5,39 @@ Microbenchmarks only, never a fit to end-to-end runs: each field of
 :class:`~hotexperts.runtime.engine.MoEEngine` in isolation (straight lines fitted to one part's
 time vs its size are the only fits):
 
-- host->device copies from pinned and pageable memory by transfer size -> ``pcie_pinned_bw`` and
-  ``pcie_pageable_bw`` (at the size of one expert, the unit of an upload), ``upload_layer_fixed_us``
-  (a one-expert copy plus stream synchronize, minus its bytes at the pinned rate);
-- the CPU expert op (:meth:`MoEEngine._cold`) with 1..top_k experts at several thread counts ->
-  ``cpu_expert_bw`` (slope at the engine's thread count) and its per-layer fixed cost (intercept);
+- host->device copies from pinned and pageable memory of one expert's bytes (the unit of an upload)
+  -> ``pcie_pinned_bw``, ``pcie_pageable_bw``; ``upload_layer_fixed_us`` = a one-expert upload plus
+  stream synchronize, minus its bytes at the pinned rate (the table by size 1..256 MB is in the raw file);
+- the CPU expert op (:meth:`MoEEngine._cold`) with 1..top_k experts at the engine's thread count ->
+  ``cpu_expert_bw`` (slope) and its per-layer fixed cost (intercept, raw); 1, 4 and 8 threads once, raw;
 - the GPU grouped call (:meth:`MoEEngine._grouped` with its index upload) with 1..top_k experts, issued
   back to back as the decode loop issues it -> ``gpu_expert_bw`` (slope) and ``gpu_expert_fixed_us``
   (intercept); the synced latencies are kept in the raw tables;
-- the dense mat-vec alone, back to back -> ``gpu_mem_bw`` (the dense weights' streaming rate: a plain
-  bf16 GEMV, much faster per byte than the grouped call's gather + dequantise + bmm);
-- the dense part of one layer (dense mat-vec, norm, shared expert) and the per-token fixed work ->
-  ``dense_fixed_ms`` = per-token work + layers x dense-layer time - the dense bytes at ``gpu_mem_bw``
-  (the cost model adds that streaming term back);
+- the dense mat-vec alone, back to back -> ``gpu_mem_bw``;
+- the dense part of one layer and the per-token fixed work -> ``dense_fixed_ms`` = per-token work +
+  layers x dense-layer time - the dense bytes at ``gpu_mem_bw`` (the cost model adds that term back);
 - a whole layer with 1, k/2, k CPU experts (``forward_layer``, cold-cpu) -> ``handoff_us`` = its time
-  minus the dense-layer time minus the experts' bytes at ``cpu_expert_bw`` (mean over the three): the
-  copies, the worker's wake-up, the CPU op's fixed cost, as the engine runs them (the isolated round
-  trip + CPU intercept is kept in the raw tables as ``handoff_parts_us``);
+  minus the dense-layer time minus the experts' bytes at ``cpu_expert_bw`` (mean over the three);
 - a fetch-on-miss layer with one miss minus one with one hot expert minus one expert at the pinned rate
-  -> ``miss_sync_us`` (the engine takes routing from the trace, so this is launch cost, no readback);
-- host DRAM read rate (a sum over 2 GiB) -> ``dram_bw``; the CPU expert op while pinned uploads stream ->
-  ``upload_contention``.
+  -> ``miss_sync_us``;
+- host DRAM read rate (a sum over ``dram_gib`` GiB) -> ``dram_bw``; the CPU expert op while pinned uploads
+  stream -> ``upload_contention``.
+
+**Stability (issue 12, item 0).** Each of these is measured in ``rounds`` rounds (default 9). A round
+runs every microbenchmark once (``reps`` timed calls each, after a warm-up of the GPU and the CPU op), in
+an order shuffled per round, with the sizes inside a line (1..top_k experts) shuffled too, so a slow
+drift of the machine (clocks, page cache, another process) spreads over all parameters instead of
+biasing one. Every round derives a complete set of profile parameters from its own timings
+(:func:`derive_round`, a pure function), so an error that propagates (``handoff_us`` depends on
+``cpu_expert_bw``) is inside each parameter's spread. The profile takes each parameter's median over
+the rounds; :func:`interval` gives a distribution-free confidence interval of that median (order
+statistics, >= 95 % where the rounds allow it) and flags outlying rounds (more than 3.5 scaled MADs
+from the median; reported, not removed: the median already ignores them). The raw file holds every
+round's timings and parameters, the intervals, and the *prediction shifts*: how far each parameter's
+interval moves the cost model's tok/s for reference configurations of this engine (all experts on the
+CPU, a quarter / half / three quarters hot, all hot, blocking and overlapped uploads, fetch-on-miss;
+:func:`reference_predictions`). A parameter is flagged ``wide`` when its interval moves some reference
+prediction by more than ``max_shift_pct`` (default 1 %); ``calibrate`` prints the flags.
 
 The experts are built in the chosen host dtype (``--dtype``: int8, fp32, bf16, fp16), so every rate is in
 bytes of that dtype. The raw tables record ``cpu_path_vs_dram``: the CPU expert op's weight bytes per second
@@ -38,28 +50,72 @@ with the layer count); ``hotexperts validate`` must be given the same layer coun
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from hotexperts._atomic import write_text_atomic
 from hotexperts.modelspec import ModelSpec
-from hotexperts.runtime.engine import EngineShape, MoEEngine, default_layers
 
-__all__ = ["calibrate", "Calibration"]
+__all__ = [
+    "calibrate",
+    "Calibration",
+    "PROFILE_PARAMS",
+    "derive_round",
+    "interval",
+    "reference_predictions",
+    "prediction_shifts",
+    "flag_wide",
+    "interval_table",
+    "load_intervals",
+    "write_profile",
+]
 
 Calibration = dict[str, Any]
 
+#: profile fields calibrate measures, each with an interval in the raw file
+PROFILE_PARAMS = (
+    "gpu_mem_bw",
+    "pcie_pinned_bw",
+    "pcie_pageable_bw",
+    "cpu_expert_bw",
+    "dram_bw",
+    "handoff_us",
+    "miss_sync_us",
+    "gpu_expert_bw",
+    "gpu_expert_fixed_us",
+    "dense_fixed_ms",
+    "upload_layer_fixed_us",
+    "upload_contention",
+)
+#: further quantities derived per round (diagnostics for the cost model, not profile fields)
+EXTRA_QUANTITIES = (
+    "cpu_op_fixed_us",
+    "handoff_roundtrip_us",
+    "dense_layer_us",
+    "token_fixed_us",
+    "gpu_grouped_k_synced_us",
+    "layer_all_hot_us",
+    "layer_cold_k_us",
+    "layer_mixed_half_hot_us",
+    "cpu_bw_in_layer",
+    "handoff_intercept_us",
+)
+#: values used where a part cannot be measured (no GPU): the old calibrate's defaults
+_NO_GPU = {"pcie_pinned_bw": 50.0, "pcie_pageable_bw": 10.0, "upload_layer_fixed_us": 20.0, "miss_sync_us": 0.0,
+           "upload_contention": 0.0}
 
+
+# ------------------------------------------------------------------------------------------ timing
 def _median(fn: Callable[[], Any], reps: int, *, sync: Callable[[], None] | None = None) -> float:
     ts = []
     for _ in range(reps):
@@ -89,13 +145,194 @@ def _pipelined(fn: Callable[[], Any], reps: int, *, sync: Callable[[], None] | N
     return (time.perf_counter() - t0) / reps
 
 
-def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+def _line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """Least-squares intercept and slope."""
     slope, icpt = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     # NOTE: a non-positive slope means the part is all fixed cost at these sizes; keep the rate finite
-    return float(icpt), max(float(slope), 1e-9)
+    return float(icpt), max(float(slope), 1e-12)
 
 
+# ------------------------------------------------------------------------------------ statistics
+def _binom_cdf(j: int, n: int) -> float:
+    """P(X <= j) for X ~ Binomial(n, 1/2)."""
+    return sum(math.comb(n, i) for i in range(0, j + 1)) / 2.0**n
+
+
+def interval(values: Sequence[float], *, conf: float = 0.95) -> dict[str, Any]:
+    """Median of ``values`` with a distribution-free confidence interval and the outliers.
+
+    The interval is ``[x_(j), x_(n+1-j)]`` of the sorted values with the largest ``j`` whose coverage of
+    the true median, ``1 - 2 P(Binomial(n, 1/2) <= j - 1)``, is at least ``conf``; with too few values for
+    ``conf`` (n <= 5 at 95 %) it is the whole range, and ``coverage`` says what it covers. Outliers: values
+    more than 3.5 scaled MADs (1.4826 x MAD) from the median (indices into ``values``; reported, not removed).
+    ``rel_halfwidth`` is half the interval's width over ``|median|`` (inf for a zero median with a
+    non-zero width).
+    """
+    x = np.asarray([float(v) for v in values], float)
+    if x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError("interval needs finite values")
+    n = int(x.size)
+    s = np.sort(x)
+    med = float(np.median(x))
+    j = 1
+    for cand in range(1, n // 2 + 1):
+        if 1.0 - 2.0 * _binom_cdf(cand - 1, n) >= conf:
+            j = cand
+    coverage = 1.0 - 2.0 * _binom_cdf(j - 1, n) if n > 1 else 0.0
+    lo, hi = float(s[j - 1]), float(s[n - j])
+    mad = float(np.median(np.abs(x - med)))
+    scale = 1.4826 * mad
+    outliers = [int(i) for i in np.flatnonzero(np.abs(x - med) > 3.5 * scale)] if scale > 0 else []
+    width = hi - lo
+    rel = width / 2.0 / abs(med) if med != 0 else (0.0 if width == 0 else math.inf)
+    return {
+        "value": med,
+        "lo": lo,
+        "hi": hi,
+        "coverage": round(coverage, 4),
+        "n": n,
+        "mad": mad,
+        "rel_halfwidth": rel,
+        "outliers": outliers,
+        "values": [float(v) for v in x],
+    }
+
+
+# ----------------------------------------------------------------------------- derived parameters
+def derive_round(m: Mapping[str, Any], c: Mapping[str, Any]) -> dict[str, float]:
+    """One round's timings ``m`` (seconds) -> every profile parameter and the extra quantities.
+
+    ``c`` holds the constants: ``k`` (top-k), ``b`` (expert bytes), ``n_layers`` (the profile's engine
+    layers), ``gemv_bytes`` (one dense mat-vec's weight bytes), ``dense_bytes_total`` (all layers' dense
+    bytes), ``dram_bytes`` (bytes summed in the DRAM read), ``cuda`` (whether the GPU-only parts ran).
+    Keys of ``m``: ``cpu_s`` / ``gpu_s`` / ``gpu_synced_s`` (lists over 1..k experts), ``gemv_s``,
+    ``dense_layer_s``, ``all_hot_s``, ``token_s``, ``cold_layer_s`` ({n: s}), ``handoff_roundtrip_s``,
+    ``mixed_s``, ``dram_s``, and with CUDA ``pinned_s``, ``pageable_s``, ``upload_blocking_s``, ``miss1_s``,
+    ``hot1_s``, ``cpu_alone_s``, ``cpu_busy_s``.
+    """
+    k, b, L = int(c["k"]), float(c["b"]), int(c["n_layers"])
+    ns = list(range(1, k + 1))
+    out: dict[str, float] = {}
+    cpu_fixed, cpu_slope = _line(ns, m["cpu_s"])
+    cpu_bw = b / cpu_slope / 1e9
+    gpu_fixed, gpu_slope = _line(ns, m["gpu_s"])
+    gpu_bw = float(c["gemv_bytes"]) / m["gemv_s"] / 1e9 if c["gemv_bytes"] else 1000.0
+    t_dense = max(float(m["dense_layer_s"]), float(m["all_hot_s"]) - float(m["gpu_s"][-1]))
+    dense_fixed_ms = max(0.0, (m["token_s"] + L * t_dense) * 1e3 - c["dense_bytes_total"] / (gpu_bw * 1e9) * 1e3)
+    cold = {int(n): float(t) for n, t in m["cold_layer_s"].items()}
+    resid = [t - t_dense - n * b / (cpu_bw * 1e9) for n, t in cold.items()]
+    out.update(
+        gpu_mem_bw=gpu_bw,
+        cpu_expert_bw=cpu_bw,
+        dram_bw=float(c["dram_bytes"]) / float(m["dram_s"]) / 1e9,
+        handoff_us=max(0.0, float(np.mean(resid))) * 1e6,
+        gpu_expert_bw=b / gpu_slope / 1e9,
+        gpu_expert_fixed_us=max(gpu_fixed, 0.0) * 1e6,
+        dense_fixed_ms=dense_fixed_ms,
+    )
+    if c.get("cuda"):
+        pinned = b / float(m["pinned_s"]) / 1e9
+        out.update(
+            pcie_pinned_bw=pinned,
+            pcie_pageable_bw=b / float(m["pageable_s"]) / 1e9,
+            upload_layer_fixed_us=max(0.0, float(m["upload_blocking_s"]) - b / (pinned * 1e9)) * 1e6,
+            miss_sync_us=max(0.0, (float(m["miss1_s"]) - float(m["hot1_s"])) - b / (pinned * 1e9)) * 1e6,
+            # NOTE: capped below 1: the cost model divides by (1 - contention)
+            upload_contention=max(0.0, min(0.9, 1.0 - float(m["cpu_alone_s"]) / float(m["cpu_busy_s"]))),
+        )
+    else:
+        out.update(_NO_GPU)
+    # extras: diagnostics for the missing cost terms (issue 12, item 2)
+    cold_n = sorted(cold)
+    if len(cold_n) >= 2:
+        icpt, sl = _line(cold_n, [cold[n] for n in cold_n])
+        out["cpu_bw_in_layer"] = b / sl / 1e9
+        out["handoff_intercept_us"] = (icpt - t_dense) * 1e6
+    out.update(
+        cpu_op_fixed_us=cpu_fixed * 1e6,
+        handoff_roundtrip_us=float(m["handoff_roundtrip_s"]) * 1e6,
+        dense_layer_us=t_dense * 1e6,
+        token_fixed_us=float(m["token_s"]) * 1e6,
+        gpu_grouped_k_synced_us=float(m["gpu_synced_s"][-1]) * 1e6,
+        layer_all_hot_us=float(m["all_hot_s"]) * 1e6,
+        layer_cold_k_us=cold[max(cold)] * 1e6,
+        layer_mixed_half_hot_us=float(m["mixed_s"]) * 1e6,
+    )
+    return out
+
+
+# ------------------------------------------------------------------------- prediction sensitivity
+def reference_predictions(model: ModelSpec, hw: Any, *, steps: int = 40) -> dict[str, float]:
+    """Decode tok/s the cost model predicts for reference configurations of ``model`` (the engine's spec).
+
+    Synthetic per-layer counts, the same every step (top-k = k): all experts on the CPU; a quarter, half
+    and three quarters of them hot (cold-cpu); all hot; half hot with one blocking upload per layer every
+    10 steps (fork-like); half hot with one overlapped upload per layer per step (lru-like); half hot in
+    fetch-on-miss. Fractional counts are allowed (expected values).
+    """
+    from hotexperts.sim.cost import StepCounts, evaluate
+
+    k, L, S = int(model.n_expert_used), int(model.n_moe_layers), int(steps)
+
+    def tok_s(hot: float, *, mode: str = "cold-cpu", up_every: int = 0, blocking: bool = True) -> float:
+        up = np.zeros((S, L))
+        if up_every:
+            up[::up_every] = 1.0
+        cnt = StepCounts(step_tokens=np.ones(S, np.int64), step_phase=np.ones(S, np.uint8),
+                         step_pos=np.arange(S), hot_distinct=np.full((S, L), hot),
+                         cold_distinct=np.full((S, L), k - hot), uploads=up, slots=np.full(L, 2 * k),
+                         blocking_uploads=blocking)
+        return float(S / evaluate(cnt, model, hw, mode=mode).total.sum())
+
+    return {
+        "all-cpu": tok_s(0.0),
+        "hot-25%": tok_s(0.25 * k),
+        "hot-50%": tok_s(0.5 * k),
+        "hot-75%": tok_s(0.75 * k),
+        "all-hot": tok_s(float(k)),
+        "hot-50%-blocking-uploads": tok_s(0.5 * k, up_every=10),
+        "hot-50%-overlapped-uploads": tok_s(0.5 * k, up_every=1, blocking=False),
+        "hot-50%-fetch-on-miss": tok_s(0.5 * k, mode="fetch-on-miss"),
+    }
+
+
+def prediction_shifts(hw: Any, intervals: Mapping[str, Mapping[str, Any]],
+                      predict: Callable[[Any], Mapping[str, float]]) -> dict[str, dict[str, list[float]]]:
+    """How far each parameter's interval moves each prediction: ``{param: {config: [lo %, hi %]}}``.
+
+    ``predict(profile)`` returns ``{config: tok/s}``; each parameter in turn is set to its interval's ``lo``
+    and ``hi`` (all others at the profile's values) and the predictions are compared with those at the
+    profile: ``(pred(lo) / pred - 1) * 100`` and likewise for ``hi``.
+    """
+    base = dict(predict(hw))
+    out: dict[str, dict[str, list[float]]] = {}
+    for p, iv in intervals.items():
+        row: dict[str, list[float]] = {name: [0.0, 0.0] for name in base}
+        for j, end in enumerate(("lo", "hi")):
+            v = float(iv[end])
+            if p == "upload_contention":
+                v = min(v, 1.0)
+            try:
+                alt = predict(hw.replace(**{p: v}))
+            except (ValueError, ZeroDivisionError):  # pragma: no cover - an end at 0 of a positive rate
+                continue
+            for name, t in base.items():
+                row[name][j] = (float(alt[name]) / t - 1.0) * 100.0 if t else 0.0
+        out[p] = row
+    return out
+
+
+def flag_wide(shifts: Mapping[str, Mapping[str, Sequence[float]]], *, max_shift_pct: float = 1.0) -> dict[str, float]:
+    """Parameters whose interval moves some prediction by more than ``max_shift_pct`` %: ``{param: largest |shift|}``."""
+    out = {}
+    for p, row in shifts.items():
+        worst = max((abs(float(v)) for pair in row.values() for v in pair), default=0.0)
+        if worst > max_shift_pct:
+            out[p] = worst
+    return out
+
+
+# ------------------------------------------------------------------------------------- calibrate
 def calibrate(
     *,
     model: ModelSpec,
@@ -104,16 +341,25 @@ def calibrate(
     device: str = "cuda",
     cpu_threads: int | None = None,
     reps: int = 20,
+    rounds: int = 9,
+    dram_gib: float = 2.0,
+    max_shift_pct: float = 1.0,
+    seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> Calibration:
     """Run the microbenchmarks; return ``{"profile": HardwareProfile fields, "measurements": raw tables}``.
 
     ``dtype`` is the engine's host/slot expert dtype; ``n_layers`` defaults to :func:`default_layers` of it.
+    ``rounds`` interleaved rounds of ``reps`` timed calls per microbenchmark (module docstring).
     """
-    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    cuda = device == "cuda"
-    from hotexperts.runtime.engine import default_cpu_threads
+    import torch
 
+    from hotexperts.runtime.engine import EngineShape, MoEEngine, default_cpu_threads, default_layers
+
+    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if rounds < 1 or reps < 1:
+        raise ValueError("rounds and reps must be positive")
+    cuda = device == "cuda"
     threads = int(cpu_threads or default_cpu_threads(str(device)))
     torch.set_num_threads(threads)
     n_layers = int(n_layers or default_layers(dtype))
@@ -122,175 +368,172 @@ def calibrate(
     # 2 x n_expert blocks (GBs), so the host's last-level cache cannot hold them
     eng_shape = EngineShape(**{**shape.to_dict(), "n_layers": 2})
     say(f"calibrate: building a 2-layer {model.name} engine ({eng_shape.n_expert} {dtype} experts of "
-        f"{shape.expert_bytes / 1e6:.1f} MB per layer, {2 * eng_shape.n_expert * shape.expert_bytes / 1e9:.1f} GB)")
+        f"{shape.expert_bytes / 1e6:.1f} MB per layer, {2 * eng_shape.n_expert * shape.expert_bytes / 1e9:.1f} GB); "
+        f"{rounds} rounds x {reps} reps")
+    t_start = time.perf_counter()
     eng = MoEEngine(eng_shape, device=device, cpu_threads=threads, distinct_experts=32)
     sync = torch.cuda.synchronize if cuda else None
-    meas: dict[str, Any] = {"threads": threads, "engine_shape": shape.to_dict(), "expert_dtype": dtype}
+    meas: dict[str, Any] = {"threads": threads, "engine_shape": shape.to_dict(), "expert_dtype": dtype,
+                            "rounds": rounds, "reps": reps, "method": "interleaved rounds, median, order-statistic CI"}
     k, E, b = shape.top_k, shape.n_expert, shape.expert_bytes
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
+    round_raw: list[dict[str, Any]] = []
+    round_params: list[dict[str, float]] = []
     try:
-        # ---- 1. host -> device copies
-        say("calibrate: [1/7] host->device bandwidth by size (pinned, pageable)")
-        h2d: dict[str, dict[str, float]] = {"pinned": {}, "pageable": {}}
-        sizes = [1 << 20, 4 << 20, b, 16 << 20, 64 << 20, 256 << 20]
+        # ---- setup shared by every round
+        eng.set_slots(np.array([k, k]), np.array([list(range(k)), list(range(k, 2 * k))]))
+        free = [int(e) for e in np.flatnonzero(eng.slot_of[0] < 0)]
+        x_dev = torch.randn(1, shape.hidden).to(device, eng.dtype)
+        a = torch.randn(1, shape.hidden).to(eng.dtype)
+        for layer in (0, 1):
+            eng._x_host[layer].copy_(a)
+        src_p = dst_p = src_g = None
         if cuda:
-            for n in sizes:
+            src_p = torch.randint(0, 255, (b,), dtype=torch.uint8).pin_memory()
+            src_g = torch.randint(0, 255, (b,), dtype=torch.uint8)
+            dst_p = torch.empty(b, dtype=torch.uint8, device=device)
+        w0 = eng.dense[0]
+        gemv_bytes = int(w0.numel() * w0.element_size()) if w0 is not None else 0
+        dram_n = max(1 << 20, int(dram_gib * (1 << 30)) // 4)
+        big = torch.ones(dram_n)  # fp32
+        big.sum()
+        up_stream = torch.cuda.Stream() if cuda else None
+        up_src = torch.empty(512 << 20, dtype=torch.uint8).pin_memory() if cuda else None
+        up_dst = torch.empty_like(up_src, device=device) if up_src is not None else None
+        consts = {"k": k, "b": b, "n_layers": n_layers, "gemv_bytes": gemv_bytes,
+                  "dense_bytes_total": eng.dense_bytes_per_layer * n_layers, "dram_bytes": dram_n * 4, "cuda": cuda}
+        meas["constants"] = dict(consts)
+
+        # ---- informational tables, once: H2D by size, the CPU op at fewer threads
+        say("calibrate: host->device bandwidth by size; CPU expert op at 1/4/8 threads (raw tables)")
+        h2d: dict[str, dict[str, float]] = {"pinned": {}, "pageable": {}}
+        if cuda:
+            for n in [1 << 20, 4 << 20, b, 16 << 20, 64 << 20, 256 << 20]:
                 dst = torch.empty(n, dtype=torch.uint8, device=device)
                 for kind in ("pinned", "pageable"):
                     src = torch.randint(0, 255, (n,), dtype=torch.uint8)
                     if kind == "pinned":
                         src = src.pin_memory()
+
                     def copy(s: torch.Tensor = src, d: torch.Tensor = dst, p: bool = kind == "pinned") -> None:
                         d.copy_(s, non_blocking=p)
 
-                    t = _median(copy, reps, sync=sync)
-                    h2d[kind][str(n)] = n / t / 1e9
+                    h2d[kind][str(n)] = n / _median(copy, max(3, reps // 2), sync=sync) / 1e9
                 del dst
-            eng.set_slots(np.array([1, 1]))
-            t1 = _median(lambda: eng.apply_uploads(np.array([[0, 0, 0, int(rng.integers(E))]]), blocking=True),
-                         reps, sync=sync)
-            meas["upload_one_expert_blocking_us"] = t1 * 1e6
         meas["h2d_gbs"] = h2d
-        pinned_bw = h2d["pinned"].get(str(b), 50.0)
-        pageable_bw = h2d["pageable"].get(str(b), 10.0)
 
-        # ---- 2. CPU experts vs count and threads
-        say("calibrate: [2/7] CPU expert op vs experts and threads")
-        cpu: dict[str, dict[str, float]] = {}
-        a = torch.randn(1, shape.hidden).to(eng.dtype)
-        for layer in (0, 1):
-            eng._x_host[layer].copy_(a)
-        for th in sorted({1, 4, 8, threads} & set(range(1, threads + 1))):
+        def cold_op(n: int) -> None:
+            layer = int(rng.integers(2))
+            ids = [int(x) for x in rng.choice(E, n, replace=False)]
+            eng._worker.submit(eng._cold, layer, None, ids, [1.0 / n] * n).result()
+
+        cpu_threads_tab: dict[str, dict[str, float]] = {}
+        for th in sorted({1, 4, 8} & set(range(1, threads))):
             eng._worker.submit(torch.set_num_threads, th).result()
-            row = {}
-            for n in range(1, k + 1):
-                def one(n: int = n) -> None:
-                    layer = int(rng.integers(2))
-                    ids = [int(x) for x in rng.choice(E, n, replace=False)]
-                    eng._worker.submit(eng._cold, layer, None, ids, [1.0 / n] * n).result()
-
-                one()
-                row[str(n)] = _median(one, max(5, reps // (2 if th < 4 else 1)))
-            cpu[str(th)] = row
-            i0, sl = _line(list(range(1, k + 1)), list(row.values()))
-            say(f"  {th:3d} threads: {k} experts {row[str(k)] * 1e3:.2f} ms, {b / sl / 1e9:.1f} GB/s, fixed {i0 * 1e6:.0f} us")
+            cpu_threads_tab[str(th)] = {str(n): _median(lambda n=n: cold_op(n), max(3, reps // 4))  # type: ignore[misc]
+                                        for n in (1, k)}
         eng._worker.submit(torch.set_num_threads, threads).result()
-        meas["cpu_experts_s"] = cpu
-        cpu_fixed, cpu_slope = _line(list(range(1, k + 1)), list(cpu[str(threads)].values()))
-        cpu_bw = b / cpu_slope / 1e9
+        meas["cpu_experts_s_by_threads"] = cpu_threads_tab
 
-        # ---- 3. GPU grouped call vs count
-        say("calibrate: [3/7] GPU grouped experts vs experts")
-        eng.set_slots(np.array([k, k]), np.array([list(range(k)), list(range(k, 2 * k))]))
-        x_dev = torch.randn(1, shape.hidden).to(device, eng.dtype)
-        gpu_t: dict[str, float] = {}
-        gpu_sync_t: dict[str, float] = {}
-        # NOTE: warm the GPU first (clocks, allocator, pinned index buffers): on the second H200 run the
-        # 1..3-expert points, timed first, came out slower than the 4-expert one and skewed the line
-        full = [int(eng.table[0, s]) for s in range(k)]
-        t_end = time.perf_counter() + 0.5
-        while time.perf_counter() < t_end:
-            eng._grouped(0, x_dev, *eng._index(list(range(k)), list(range(k)), full, [1.0 / k] * k))
-        if sync is not None:
-            sync()
-        for n in range(1, k + 1):
-            def grouped(n: int = n) -> None:
-                layer = int(rng.integers(2))
-                sl = [int(s) for s in rng.choice(k, n, replace=False)]
-                ids = [int(eng.table[layer, s]) for s in sl]
-                eng._grouped(layer, x_dev, *eng._index(list(range(n)), sl, ids, [1.0 / n] * n))
+        # ---- the benchmarks of one round
+        def grouped(n: int) -> None:
+            layer = int(rng.integers(2))
+            sl = [int(s) for s in rng.choice(k, n, replace=False)]
+            ids = [int(eng.table[layer, s]) for s in sl]
+            eng._grouped(layer, x_dev, *eng._index(list(range(n)), sl, ids, [1.0 / n] * n))
 
-            grouped()
-            gpu_sync_t[str(n)] = _median(grouped, reps, sync=sync)
-            gpu_t[str(n)] = _pipelined(grouped, reps * 2, sync=sync)
-        meas["gpu_grouped_synced_s"] = gpu_sync_t
-        meas["gpu_grouped_s"] = gpu_t
-        # NOTE: the back-to-back times price the call: the decode loop never syncs after it (the synced
-        # latency adds the host's launch and wake-up time, which overlaps GPU work in a real step)
-        gpu_fixed, gpu_slope = _line(list(range(1, k + 1)), list(gpu_t.values()))
-        gpu_expert_bw = b / gpu_slope / 1e9 if gpu_slope > 0 else 1000.0
-        say(f"  {k} experts {gpu_t[str(k)] * 1e6:.0f} us back to back ({gpu_sync_t[str(k)] * 1e6:.0f} synced); "
-            f"slope {gpu_expert_bw:.0f} GB/s, fixed {gpu_fixed * 1e6:.0f} us")
+        def warm() -> None:
+            # NOTE: warm the GPU (clocks, allocator) and the CPU threads before every round: an idle GPU
+            # clocks down, and the first points of a line timed cold came out slower (second H200 run)
+            t_end = time.perf_counter() + (0.2 if cuda else 0.01)
+            while time.perf_counter() < t_end:
+                grouped(k)
+            if sync is not None:
+                sync()
+            cold_op(k)
 
-        # ---- 4. hand-off
-        say("calibrate: [4/7] hand-off round trip")
+        def b_h2d(m: dict[str, Any]) -> None:
+            if not cuda:
+                return
+            assert src_p is not None and dst_p is not None and src_g is not None
+            m["pinned_s"] = _median(lambda: dst_p.copy_(src_p, non_blocking=True), reps, sync=sync)
+            m["pageable_s"] = _median(lambda: dst_p.copy_(src_g), max(3, reps // 2), sync=sync)
+            # NOTE: layer 1, slot 0 re-uploads the expert it holds: the residency of layer 0 (which the
+            # cold and miss layers below use) never changes
+            e1 = int(eng.table[1, 0])
+            m["upload_blocking_s"] = _median(lambda: eng.apply_uploads(np.array([[0, 1, 0, e1]]), blocking=True),
+                                             reps, sync=sync)
 
-        def handoff() -> None:
-            xh, yh = eng._x_host[0], eng._y_host[0]
-            xh.copy_(x_dev, non_blocking=cuda)
-            ev = None
-            if cuda:
-                ev = torch.cuda.Event()
-                ev.record()
+        def b_cpu(m: dict[str, Any]) -> None:
+            row = {}
+            for n in rng.permutation(np.arange(1, k + 1)):
+                row[int(n)] = _median(lambda n=int(n): cold_op(n), reps)  # type: ignore[misc]
+            m["cpu_s"] = [row[n] for n in range(1, k + 1)]
 
-            def task() -> torch.Tensor:
-                if ev is not None:
-                    ev.synchronize()
-                yh.copy_(xh)
-                return yh
+        def b_gpu(m: dict[str, Any]) -> None:
+            synced, piped = {}, {}
+            for n in rng.permutation(np.arange(1, k + 1)):
+                n = int(n)
+                grouped(n)
+                synced[n] = _median(lambda n=n: grouped(n), reps, sync=sync)  # type: ignore[misc]
+                piped[n] = _pipelined(lambda n=n: grouped(n), reps * 2, sync=sync)  # type: ignore[misc]
+            m["gpu_synced_s"] = [synced[n] for n in range(1, k + 1)]
+            m["gpu_s"] = [piped[n] for n in range(1, k + 1)]
 
-            y = eng._worker.submit(task).result()
-            (x_dev + y.to(device, non_blocking=cuda)).sum()
+        def b_handoff(m: dict[str, Any]) -> None:
+            def handoff() -> None:
+                xh, yh = eng._x_host[0], eng._y_host[0]
+                xh.copy_(x_dev, non_blocking=cuda)
+                ev = None
+                if cuda:
+                    ev = torch.cuda.Event()
+                    ev.record()
 
-        handoff()
-        t_hand = _median(handoff, reps * 5, sync=sync)
-        meas["handoff_roundtrip_us"] = t_hand * 1e6
-        meas["handoff_parts_us"] = t_hand * 1e6 + max(cpu_fixed, 0.0) * 1e6
+                def task() -> torch.Tensor:
+                    if ev is not None:
+                        ev.synchronize()
+                    yh.copy_(xh)
+                    return yh
 
-        # ---- 5. dense part per layer, per-token fixed work
-        say("calibrate: [5/7] dense part")
+                y = eng._worker.submit(task).result()
+                (x_dev + y.to(device, non_blocking=cuda)).sum()
 
-        def dense_layer() -> None:
-            a2 = eng._dense(0, x_dev)
-            y = eng._shared(0, a2)
-            _ = a2 + y if y is not None else a2
+            handoff()
+            m["handoff_roundtrip_s"] = _median(handoff, reps * 2, sync=sync)
 
-        # the dense mat-vec alone, back to back: the VRAM streaming rate of dense weights (gpu_mem_bw)
-        w0 = eng.dense[0]
-        gpu_bw = 1000.0
-        if w0 is not None:
-            xv = x_dev.view(-1)
-            t_gemv = _pipelined(lambda: w0 @ xv, reps * 5, sync=sync)
-            gpu_bw = w0.numel() * w0.element_size() / t_gemv / 1e9
-            meas["dense_gemv_us"], meas["dense_gemv_gbs"] = t_gemv * 1e6, gpu_bw
-        dense_layer()
-        meas["dense_layer_synced_us"] = _median(dense_layer, reps * 2, sync=sync) * 1e6
-        t_dense = _pipelined(dense_layer, reps * 5, sync=sync)
-        # the whole layer call (bookkeeping, launches, dense, shared) with every expert hot, minus the
-        # grouped call timed above: the per-layer work that is neither experts nor hand-off
-        ids = list(range(k))
-        eng.forward_layer(0, x_dev, ids, [1.0 / k] * k)
-        t_allhot = _pipelined(lambda: eng.forward_layer(0, x_dev, ids, [1.0 / k] * k), reps * 2, sync=sync)
-        meas["layer_all_hot_us"] = t_allhot * 1e6
-        meas["dense_part_us"] = t_dense * 1e6
-        t_dense = max(t_dense, t_allhot - gpu_t[str(k)])
-        t_token = _median(lambda: eng.token_input(int(rng.integers(64))), reps * 2, sync=sync)
-        meas["dense_layer_us"] = t_dense * 1e6
-        meas["token_fixed_us"] = t_token * 1e6
-        dense_bytes_total = eng.dense_bytes_per_layer * n_layers
-        dense_fixed_ms = max(0.0, (t_token + n_layers * t_dense) * 1e3 - dense_bytes_total / (gpu_bw * 1e9) * 1e3)
-        say(f"  dense mat-vec {gpu_bw:.0f} GB/s; dense layer {t_dense * 1e6:.0f} us back to back")
+        def b_dense(m: dict[str, Any]) -> None:
+            def dense_layer() -> None:
+                a2 = eng._dense(0, x_dev)
+                y = eng._shared(0, a2)
+                _ = a2 + y if y is not None else a2
 
-        # ---- 5b. whole layers with cold experts (the hand-off as the engine runs it) and with misses
-        say("calibrate: [5b] layers with CPU experts (hand-off) and with fetched misses")
-        free = [int(e) for e in np.flatnonzero(eng.slot_of[0] < 0)]
-        cold_t: dict[str, float] = {}
-        resid = []
-        for n in sorted({1, max(1, k // 2), k}):
-            def cold_layer(n: int = n) -> None:
-                sel = [free[int(i)] for i in rng.choice(len(free), n, replace=False)]
-                eng.forward_layer(0, x_dev, sel, [1.0 / n] * n)
+            if w0 is not None:
+                xv = x_dev.view(-1)
+                m["gemv_s"] = _pipelined(lambda: w0 @ xv, reps * 5, sync=sync)
+            else:
+                m["gemv_s"] = 1.0
+            m["dense_layer_s"] = _pipelined(dense_layer, reps * 5, sync=sync)
+            ids = [int(eng.table[0, s]) for s in range(k)]
+            m["all_hot_s"] = _pipelined(lambda: eng.forward_layer(0, x_dev, ids, [1.0 / k] * k), reps * 2, sync=sync)
+            m["token_s"] = _median(lambda: eng.token_input(int(rng.integers(64))), reps * 2, sync=sync)
 
-            cold_layer()
-            cold_t[str(n)] = _pipelined(cold_layer, reps, sync=sync)
-            resid.append(cold_t[str(n)] - t_dense - n * b / (cpu_bw * 1e9))
-        meas["layer_cold_cpu_s"] = cold_t
-        # NOTE: the hand-off is what a layer with n CPU experts takes beyond its dense part and the n
-        # experts' streaming: the copies, the worker's wake-up and barrier, the CPU op's fixed cost
-        handoff_layer_us = max(0.0, float(np.mean(resid))) * 1e6
-        meas["handoff_in_layer_us"] = handoff_layer_us
-        miss_sync_us = 0.0
-        if cuda:
+        def b_cold_layers(m: dict[str, Any]) -> None:
+            out = {}
+            for n in rng.permutation(sorted({1, max(1, k // 2), k})):
+                n = int(n)
+
+                def cold_layer(n: int = n) -> None:
+                    sel = [free[int(i)] for i in rng.choice(len(free), n, replace=False)]
+                    eng.forward_layer(0, x_dev, sel, [1.0 / n] * n)
+
+                cold_layer()
+                out[n] = _pipelined(cold_layer, reps, sync=sync)
+            m["cold_layer_s"] = {str(n): out[n] for n in sorted(out)}
+
+        def b_miss(m: dict[str, Any]) -> None:
+            if not cuda:
+                return
+
             def miss_layer() -> None:
                 e = free[int(rng.integers(len(free)))]
                 eng.forward_layer(0, x_dev, [e], [1.0], mode="fetch-on-miss")
@@ -298,111 +541,142 @@ def calibrate(
             def hot1_layer() -> None:
                 eng.forward_layer(0, x_dev, [int(eng.table[0, int(rng.integers(k))])], [1.0], mode="fetch-on-miss")
 
-            t_miss1 = _pipelined(miss_layer, reps * 2, sync=sync)
-            t_hot1 = _pipelined(hot1_layer, reps * 2, sync=sync)
-            meas["layer_fetch_one_miss_us"], meas["layer_one_hot_us"] = t_miss1 * 1e6, t_hot1 * 1e6
-            # NOTE: a one-miss layer minus a one-hot layer minus the expert's copy at the pinned rate
-            miss_sync_us = max(0.0, (t_miss1 - t_hot1) * 1e6 - b / (pinned_bw * 1e9) * 1e6)
-        say(f"  hand-off in a layer {handoff_layer_us:.0f} us; fetch-on-miss fixed {miss_sync_us:.0f} us")
-        # a layer with half its experts hot and half cold, for the record (not used by the profile): the
-        # cost model prices it as dense + handoff + max(GPU, CPU); a longer time means the host issuing
-        # the grouped call slows the CPU op running beside it (open item, docs/runtime.md)
+            m["miss1_s"] = _pipelined(miss_layer, reps * 2, sync=sync)
+            m["hot1_s"] = _pipelined(hot1_layer, reps * 2, sync=sync)
+
         h2 = max(1, k // 2)
 
-        def mixed_layer() -> None:
-            hot = [int(eng.table[0, int(s)]) for s in rng.choice(k, h2, replace=False)]
-            cold = [free[int(i)] for i in rng.choice(len(free), k - h2, replace=False)]
-            eng.forward_layer(0, x_dev, hot + cold, [1.0 / k] * k)
+        def b_mixed(m: dict[str, Any]) -> None:
+            # a layer with half its experts hot and half cold (diagnostic, not in the profile): the cost
+            # model prices it as dense + handoff + max(GPU, CPU)
+            def mixed_layer() -> None:
+                hot = [int(eng.table[0, int(s)]) for s in rng.choice(k, h2, replace=False)]
+                cold = [free[int(i)] for i in rng.choice(len(free), k - h2, replace=False)]
+                eng.forward_layer(0, x_dev, hot + cold, [1.0 / k] * k)
 
-        mixed_layer()
-        meas["layer_mixed_half_hot_s"] = _pipelined(mixed_layer, reps, sync=sync)
+            mixed_layer()
+            m["mixed_s"] = _pipelined(mixed_layer, reps, sync=sync)
 
-        # ---- 6. DRAM
-        say("calibrate: [6/7] host DRAM read rate")
-        big = torch.ones(1 << 29)  # 2 GiB fp32
-        big.sum()
-        dram_bw = big.numel() * 4 / _median(lambda: big.sum(), 5) / 1e9
-        meas["dram_read_gbs"] = dram_bw
-        # issue 6: the CPU path must reach half the host's DRAM read rate in weight bytes per second
-        meas["cpu_path_vs_dram"] = {
-            "expert_dtype": dtype,
-            "threads": threads,
-            "cpu_expert_gbs": cpu_bw,
-            "dram_read_gbs": dram_bw,
-            "half_dram_gbs": dram_bw / 2,
-            "met": bool(cpu_bw >= dram_bw / 2),
-        }
-        say(f"  DRAM read {dram_bw:.1f} GB/s; CPU path ({dtype}) {cpu_bw:.1f} GB/s vs half DRAM {dram_bw / 2:.1f}: "
-            f"{'met' if cpu_bw >= dram_bw / 2 else 'NOT met'}")
+        def b_dram(m: dict[str, Any]) -> None:
+            m["dram_s"] = _median(lambda: big.sum(), 5)
 
-        # ---- 7. CPU experts while uploads stream
-        say("calibrate: [7/7] CPU experts during pinned uploads (DRAM contention)")
-        contention = None
-        if cuda:
-            src = torch.empty(512 << 20, dtype=torch.uint8).pin_memory()
-            dst = torch.empty_like(src, device=device)
-            stream = torch.cuda.Stream()
+        def b_contention(m: dict[str, Any]) -> None:
+            if not cuda:
+                return
+            assert up_stream is not None and up_src is not None and up_dst is not None
             ids = [int(x) for x in rng.choice(E, k, replace=False)]
 
             def cold_k() -> None:
                 eng._worker.submit(eng._cold, 0, None, ids, [1.0 / k] * k).result()
 
-            alone = _median(cold_k, reps)
+            n_rep = max(3, reps // 2)
+            m["cpu_alone_s"] = _median(cold_k, n_rep)
             ts = []
-            for _ in range(reps):
-                with torch.cuda.stream(stream):
+            for _ in range(n_rep):
+                with torch.cuda.stream(up_stream):
                     for _ in range(4):
-                        dst.copy_(src, non_blocking=True)
+                        up_dst.copy_(up_src, non_blocking=True)
                 t0 = time.perf_counter()
                 cold_k()
                 ts.append(time.perf_counter() - t0)
-                stream.synchronize()
-            busy = float(statistics.median(ts))
-            meas["cpu_experts_alone_s"], meas["cpu_experts_during_upload_s"] = alone, busy
-            # NOTE: capped below 1: the cost model divides by (1 - contention)
-            contention = max(0.0, min(0.9, 1.0 - alone / busy))
-            del src, dst
+                up_stream.synchronize()
+            m["cpu_busy_s"] = float(statistics.median(ts))
+
+        benches: dict[str, Callable[[dict[str, Any]], None]] = {
+            "h2d": b_h2d, "cpu": b_cpu, "gpu": b_gpu, "handoff": b_handoff, "dense": b_dense,
+            "cold_layers": b_cold_layers, "miss": b_miss, "mixed": b_mixed, "dram": b_dram, "contention": b_contention,
+        }
+        names = list(benches)
+        for r in range(rounds):
+            order = [names[int(i)] for i in rng.permutation(len(names))]
+            m: dict[str, Any] = {"order": order}
+            warm()
+            t_r = time.perf_counter()
+            for name in order:
+                benches[name](m)
+            m["seconds"] = time.perf_counter() - t_r
+            p = derive_round(m, consts)
+            round_raw.append(m)
+            round_params.append(p)
+            say(f"calibrate: round {r + 1}/{rounds} ({m['seconds']:.1f} s): CPU {p['cpu_expert_bw']:.1f} GB/s, "
+                f"hand-off {p['handoff_us']:.0f} us, GPU {p['gpu_expert_fixed_us']:.0f} us + "
+                f"{p['gpu_expert_bw']:.0f} GB/s, pinned {p['pcie_pinned_bw']:.1f} GB/s, dense fixed "
+                f"{p['dense_fixed_ms']:.2f} ms")
     finally:
         eng.close()
 
-    upload_fixed_us = None
-    if "upload_one_expert_blocking_us" in meas:
-        upload_fixed_us = max(0.0, meas["upload_one_expert_blocking_us"] - b / (pinned_bw * 1e9) * 1e6)
+    intervals = {p: interval([rp[p] for rp in round_params]) for p in PROFILE_PARAMS}
+    extras = {q: interval([rp[q] for rp in round_params]) for q in EXTRA_QUANTITIES if q in round_params[0]}
+    val = {p: iv["value"] for p, iv in intervals.items()}
+    meas["rounds_raw"] = round_raw
+    meas["rounds_params"] = round_params
+    meas["intervals"] = intervals
+    meas["extra_intervals"] = extras
+    meas["seconds"] = time.perf_counter() - t_start
+    cpu_bw, dram_bw = val["cpu_expert_bw"], val["dram_bw"]
+    # issue 6: the CPU path must reach half the host's DRAM read rate in weight bytes per second
+    meas["cpu_path_vs_dram"] = {
+        "expert_dtype": dtype,
+        "threads": threads,
+        "cpu_expert_gbs": cpu_bw,
+        "dram_read_gbs": dram_bw,
+        "half_dram_gbs": dram_bw / 2,
+        "met": bool(cpu_bw >= dram_bw / 2),
+    }
     name = torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu"
     vram = torch.cuda.get_device_properties(0).total_memory if cuda else 0
-    profile = {
+    rt, cf = extras["handoff_roundtrip_us"]["value"], extras["cpu_op_fixed_us"]["value"]
+    profile: dict[str, Any] = {
         "name": f"{name} (hotexperts engine, {dtype} experts, {n_layers} layers, {threads} threads)",
         "vram_bytes": int(vram),
-        "gpu_mem_bw": round(gpu_bw, 3),
-        "pcie_pinned_bw": round(pinned_bw, 3),
-        "cpu_expert_bw": round(cpu_bw, 3),
-        "pcie_pageable_bw": round(pageable_bw, 3),
-        "dram_bw": round(dram_bw, 3),
+        **{p: round(float(v), 5 if p in ("dense_fixed_ms", "upload_contention") else 3) for p, v in val.items()},
         "cpu_threads": threads,
-        "handoff_us": round(handoff_layer_us, 3),
-        "miss_sync_us": round(miss_sync_us, 3),
-        "gpu_expert_bw": round(gpu_expert_bw, 3),
-        "dense_fixed_ms": round(dense_fixed_ms, 5),
-        "gpu_expert_fixed_us": round(max(gpu_fixed, 0.0) * 1e6, 3),
-        "upload_layer_fixed_us": round(upload_fixed_us if upload_fixed_us is not None else 20.0, 3),
-        # NOTE: no GPU, no uploads to contend with: 0 rather than the derived default
-        "upload_contention": 0.0 if contention is None else round(contention, 4),
         "source": (
             f"hotexperts calibrate {datetime.now(timezone.utc).isoformat(timespec='seconds')} on "
             f"{platform.node()}: microbenchmarks of the runtime engine's parts ({dtype} experts of "
-            f"{model.name} shape, {threads} CPU threads, torch {torch.__version__})"
+            f"{model.name} shape, {threads} CPU threads, torch {torch.__version__}); each field the median "
+            f"of {rounds} interleaved rounds (intervals in the .raw.json)"
         ),
         "notes": (
             f"engine-specific: dense_fixed_ms is for {n_layers} engine layers; the CPU op streams {dtype} "
             f"experts ({b} B) with {'torch._weight_int8pack_mm' if dtype == 'int8' else 'F.linear'}; the GPU "
             f"call gathers {dtype} slots. "
             f"handoff_us is a layer with CPU experts minus its dense part and the experts' streaming "
-            f"(the parts: round trip {meas['handoff_roundtrip_us']:.1f} us + CPU op intercept "
-            f"{cpu_fixed * 1e6:.1f} us = {meas['handoff_parts_us']:.1f} us). gpu_mem_bw is the dense "
+            f"(the parts: round trip {rt:.1f} us + CPU op intercept {cf:.1f} us). gpu_mem_bw is the dense "
             f"mat-vec, gpu_expert_bw the grouped expert call, both issued back to back."
         ),
     }
+    # the prediction shifts of each parameter's interval, on reference configurations of this engine
+    try:
+        from hotexperts.sim.hardware import HardwareProfile
+
+        hw = HardwareProfile.from_dict(profile)
+        espec = shape.model_spec(model)
+        shifts = prediction_shifts(hw, intervals, lambda h: reference_predictions(espec, h))
+        meas["reference_predictions_tok_s"] = reference_predictions(espec, hw)
+        meas["prediction_shifts_pct"] = shifts
+        wide = flag_wide(shifts, max_shift_pct=max_shift_pct)
+        meas["wide"] = {"max_shift_pct": max_shift_pct, "flagged": wide}
+        for pname, worst in sorted(wide.items(), key=lambda kv: -kv[1]):
+            iv = intervals[pname]
+            say(f"calibrate: WIDE {pname}: {iv['value']:.4g} [{iv['lo']:.4g}, {iv['hi']:.4g}] moves a reference "
+                f"prediction by up to {worst:.1f} % (limit {max_shift_pct:g} %)")
+    except ImportError:  # pragma: no cover - sim/ ships with the package
+        pass
     return {"profile": profile, "measurements": meas}
+
+
+def interval_table(cal: Calibration) -> list[str]:
+    """Lines of a table: each profile parameter's value, interval, relative half-width, outliers, largest shift."""
+    meas = cal["measurements"]
+    shifts = meas.get("prediction_shifts_pct", {})
+    lines = [f"{'parameter':24s} {'value':>10s} {'interval':>23s} {'+-%':>6s} {'out':>3s} {'max shift %':>11s}"]
+    for p, iv in meas["intervals"].items():
+        worst = max((abs(v) for pair in shifts.get(p, {}).values() for v in pair), default=0.0)
+        rel = iv["rel_halfwidth"] * 100
+        lines.append(f"{p:24s} {iv['value']:10.4g} [{iv['lo']:10.4g}, {iv['hi']:10.4g}] "
+                     f"{rel:6.1f} {len(iv['outliers']):3d} {worst:11.2f}")
+    return lines
 
 
 def write_profile(cal: Calibration, out: str | os.PathLike[str]) -> Path:
@@ -419,3 +693,15 @@ def write_profile(cal: Calibration, out: str | os.PathLike[str]) -> Path:
     raw = out.with_name(out.stem + ".raw.json")
     write_text_atomic(raw, json.dumps(cal["measurements"], indent=1) + "\n")
     return raw
+
+
+def load_intervals(hw_path: str | os.PathLike[str]) -> dict[str, dict[str, Any]] | None:
+    """The intervals in ``HW.raw.json`` beside a profile written by :func:`write_profile` (None if absent)."""
+    p = Path(hw_path)
+    raw = p.with_name(p.stem + ".raw.json")
+    try:
+        data = json.loads(raw.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    iv = data.get("intervals") if isinstance(data, dict) else None
+    return iv if isinstance(iv, dict) else None

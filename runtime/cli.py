@@ -38,7 +38,13 @@ def register(sub: Any) -> None:
     c.add_argument("--layers", type=int, default=None, metavar="L", help=_LAYERS_HELP)
     c.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for the cold experts (default: all cores, less one on a GPU for the thread issuing GPU work)")
     c.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="GPU side device (default cuda)")
-    c.add_argument("--reps", type=int, default=20, metavar="N", help="repetitions per timing (median; default 20)")
+    c.add_argument("--reps", type=int, default=20, metavar="N", help="timed calls per microbenchmark and round (median; default 20)")
+    c.add_argument("--rounds", type=int, default=9, metavar="N",
+                   help="interleaved rounds of all microbenchmarks; each parameter is the median over rounds with a "
+                        "confidence interval in OUT.raw.json (default 9)")
+    c.add_argument("--max-shift-pct", type=float, default=1.0, metavar="P",
+                   help="flag a parameter as WIDE when its interval moves a reference prediction by more than P %% "
+                        "(default 1)")
     c.set_defaults(func=_calibrate)
 
     v = sub.add_parser(
@@ -54,13 +60,19 @@ def register(sub: Any) -> None:
     v.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help=f"model preset or GGUF (default {DEFAULT_MODEL})")
     v.add_argument("--hardware", required=True, metavar="HW.json", help="hardware profile (from hotexperts calibrate)")
     v.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    v.add_argument("--configs", metavar="FILE", help="JSON list of {name, policy, params, slots, mode} (default: 14 built in)")
+    v.add_argument("--configs", metavar="FILE", help="JSON list of {name, policy, params, slots, mode} (default: 22 built in)")
     v.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPES, help=_DTYPE_HELP)
     v.add_argument("--layers", type=int, default=None, metavar="L", help=_LAYERS_HELP)
     v.add_argument("--tokens", type=int, default=200, metavar="N", help="measured decode tokens per config (default 200)")
     v.add_argument("--warmup", type=int, default=16, metavar="N", help="decode tokens run before measuring (default 16)")
     v.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for the cold experts (default: all cores, less one on a GPU for the thread issuing GPU work)")
     v.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="GPU side device (default cuda)")
+    v.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="run every configuration N times, interleaved (each repetition in its own random order); "
+                        "measured tok/s = mean, with SD and range (default 1)")
+    v.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the repetitions' orders (default 0)")
+    v.add_argument("--compare-hardware", nargs="+", default=[], metavar="HW.json",
+                   help="further profiles (e.g. other calibrations) to predict every configuration with, side by side")
     v.set_defaults(func=_validate)
 
 
@@ -82,16 +94,21 @@ def _check_positive(**kw: int | None) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    _check_positive(layers=args.layers, threads=args.threads, reps=args.reps)
+    _check_positive(layers=args.layers, threads=args.threads, reps=args.reps, rounds=args.rounds)
     _need_torch()
     from hotexperts.modelspec import load_model_spec
-    from hotexperts.runtime.calibrate import calibrate, write_profile
+    from hotexperts.runtime.calibrate import calibrate, interval_table, write_profile
 
     spec = load_model_spec(args.model)
     cal = calibrate(model=spec, n_layers=args.layers, dtype=args.dtype, device=args.device, cpu_threads=args.threads,
-                    reps=args.reps)
+                    reps=args.reps, rounds=args.rounds, max_shift_pct=args.max_shift_pct)
     raw = write_profile(cal, args.out)
     p = cal["profile"]
+    for line in interval_table(cal):
+        print(line)
+    wide = cal["measurements"].get("wide", {}).get("flagged", {})
+    print(f"wide intervals (moving a reference prediction by > {args.max_shift_pct:g} %): "
+          + (", ".join(f"{k} ({v:.1f} %)" for k, v in sorted(wide.items(), key=lambda kv: -kv[1])) or "none"))
     print(
         f"wrote {args.out} (raw tables {raw}): pcie {p['pcie_pinned_bw']:.1f} GB/s pinned, CPU experts "
         f"{p['cpu_expert_bw']:.1f} GB/s, GPU experts {(p.get('gpu_expert_bw') or p['gpu_mem_bw']):.0f} GB/s, hand-off {p['handoff_us']:.0f} us, "
@@ -105,7 +122,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    _check_positive(layers=args.layers, threads=args.threads, tokens=args.tokens)
+    _check_positive(layers=args.layers, threads=args.threads, tokens=args.tokens, repeats=args.repeats)
     if args.warmup < 0:
         from hotexperts.errors import InputError
 
@@ -120,14 +137,17 @@ def _validate(args: argparse.Namespace) -> int:
     trace = load_any_trace(args.trace, n_expert=spec.n_expert)
     cfgs = load_configs(args.configs) if args.configs else None
     res = validate(trace=trace, model=spec, hardware=hw, out=args.out, configs=cfgs, n_layers=args.layers,
-                   dtype=args.dtype, tokens=args.tokens, warmup=args.warmup, device=args.device, cpu_threads=args.threads)
-    print(f"{'config':30s} {'measured':>9s} {'predicted':>9s} {'error':>7s} {'hit':>6s}", file=sys.stdout)
+                   dtype=args.dtype, tokens=args.tokens, warmup=args.warmup, device=args.device, cpu_threads=args.threads,
+                   repeats=args.repeats, seed=args.seed, compare_hardware=args.compare_hardware)
+    print(f"{'config':30s} {'measured':>9s} {'sd':>6s} {'predicted':>9s} {'error':>7s} {'hit':>6s} {'profiles':>8s}",
+          file=sys.stdout)
     for r in res["configs"]:
-        print(f"{r['name']:30s} {r['measured_tok_s']:9.2f} {r['predicted_tok_s']:9.2f} {r['error_pct']:+6.1f}% "
-              f"{r['measured_hit_rate']:6.3f}")
+        print(f"{r['name']:30s} {r['measured_tok_s']:9.2f} {r['measured_sd_tok_s']:6.2f} {r['predicted_tok_s']:9.2f} "
+              f"{r['error_pct']:+6.1f}% {r['measured_hit_rate']:6.3f} {r['profile_spread_pct']:7.1f}%")
     cv = res["cpu_path_vs_dram"]
     print(f"CPU path ({cv['expert_dtype']}) {cv['cpu_expert_gbs']:.1f} GB/s vs half DRAM {cv['half_dram_gbs']:.1f} GB/s: "
           f"{'met' if cv['met'] else 'NOT met'}")
-    print(f"median |error| {res['median_abs_error_pct']:.1f} %, max {res['max_abs_error_pct']:.1f} %; "
-          f"simulated best {res['simulated_best']}, measured best {res['measured_best']}")
+    print(f"median |error| {res['median_abs_error_pct']:.1f} %, max {res['max_abs_error_pct']:.1f} %, Spearman "
+          f"{res['spearman']:.3f}; simulated best {res['simulated_best']}, measured best {res['measured_best']}")
+    print("family mean signed error: " + ", ".join(f"{f} {e:+.1f} %" for f, e in res["family_mean_error_pct"].items()))
     return 0

@@ -19,7 +19,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,8 @@ from hotexperts.errors import InputError
 from hotexperts.modelspec import ModelSpec
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
-__all__ = ["LiveConfig", "default_configs", "load_configs", "load_any_trace", "prepare_trace", "validate"]
+__all__ = ["LiveConfig", "default_configs", "family", "load_configs", "load_any_trace", "prepare_trace", "spearman",
+           "validate"]
 
 
 @dataclass(frozen=True)
@@ -46,26 +47,60 @@ class LiveConfig:
     mode: str = "cold-cpu"
 
 
-def default_configs(n_layers: int) -> list[LiveConfig]:
-    """The 15 default configurations: all-cpu, layer-offload, fork at 3 slot counts x 2 intervals, lru,
-    decay, static, window, and fetch-on-miss with lru and fork."""
-    gpu_quarter = max(1, n_layers // 4)
-    cfgs = [
-        LiveConfig("all-cpu", "all-cpu"),
-        LiveConfig(f"layer-offload-{gpu_quarter}gpu", "layer-offload", {"n_cpu_moe": n_layers - gpu_quarter}),
-    ]
-    for k in (16, 44, 96):
-        for interval in (20, 60):
-            cfgs.append(LiveConfig(f"fork-K{k}-I{interval}", "fork", {"interval": interval, "pp_bypass": 64}, k))
-    cfgs += [
-        LiveConfig("lru-K44", "lru", {}, 44),
-        LiveConfig("decay-K44", "decay", {}, 44),
-        LiveConfig("static-K44", "static", {}, 44),
-        LiveConfig("window-K44", "window", {}, 44),
-        LiveConfig("fetch-on-miss-lru-K44", "lru", {}, 44, "fetch-on-miss"),
-        LiveConfig("fetch-on-miss-fork-K44-I60", "fork", {"interval": 60, "pp_bypass": 64}, 44, "fetch-on-miss"),
-    ]
+def default_configs(n_layers: int, n_expert: int = 256) -> list[LiveConfig]:
+    """The default configurations, several slot counts K for every family (issue 12, item 3):
+
+    all-cpu; layer-offload with a quarter and a half of the layers on the GPU; fork at K = 16, 44, 96
+    (interval 60; K = 44 also interval 20); lru, decay, static and window at K = 16, 44, 96; fetch-on-miss
+    with lru at K = 44 and 96 and with fork at K = 44. K = 16, 44, 96 are for 256 experts; with another
+    expert count they become 1/8, 3/8 and 5/8 of it (Mixtral's 8 experts: 1, 3, 5).
+    """
+    if n_expert == 256:
+        ks = [16, 44, 96]
+    else:
+        ks = sorted({max(1, min(n_expert - 1, round(n_expert * f))) for f in (1 / 8, 3 / 8, 5 / 8)})
+    mid, top = ks[len(ks) // 2], ks[-1]
+    quarter, half = max(1, n_layers // 4), max(1, n_layers // 2)
+    cfgs = [LiveConfig("all-cpu", "all-cpu")]
+    for g in sorted({quarter, half}):
+        cfgs.append(LiveConfig(f"layer-offload-{g}gpu", "layer-offload", {"n_cpu_moe": n_layers - g}))
+    for k in ks:
+        cfgs.append(LiveConfig(f"fork-K{k}-I60", "fork", {"interval": 60, "pp_bypass": 64}, k))
+    cfgs.append(LiveConfig(f"fork-K{mid}-I20", "fork", {"interval": 20, "pp_bypass": 64}, mid))
+    for fam in ("lru", "decay", "static", "window"):
+        for k in ks:
+            cfgs.append(LiveConfig(f"{fam}-K{k}", fam, {}, k))
+    for k in sorted({mid, top}):
+        cfgs.append(LiveConfig(f"fetch-on-miss-lru-K{k}", "lru", {}, k, "fetch-on-miss"))
+    cfgs.append(LiveConfig(f"fetch-on-miss-fork-K{mid}-I60", "fork", {"interval": 60, "pp_bypass": 64}, mid,
+                           "fetch-on-miss"))
     return cfgs
+
+
+def family(c: LiveConfig) -> str:
+    """A configuration's family for the per-family error: the policy, with the mode when not cold-cpu."""
+    return c.policy if c.mode == "cold-cpu" else f"{c.mode}-{c.policy}"
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan for fewer than 2 points or a constant side."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    if a.size < 2:
+        return float("nan")
+
+    def ranks(v: np.ndarray) -> np.ndarray:
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(v.size, float)
+        r[order] = np.arange(v.size, dtype=float)
+        for val in np.unique(v):  # average the ranks of ties
+            m = v == val
+            r[m] = r[m].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def load_configs(path: str | os.PathLike[str]) -> list[LiveConfig]:
@@ -144,19 +179,39 @@ def validate(
     warmup: int = 16,
     device: str = "cuda",
     cpu_threads: int | None = None,
+    repeats: int = 1,
+    seed: int = 0,
+    compare_hardware: Sequence[Any] = (),
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every configuration live and simulated; write ``validation.json`` and the plot into ``out``."""
+    """Run every configuration live and simulated; write ``validation.json`` and the plot into ``out``.
+
+    ``repeats`` runs of every configuration, interleaved: each repetition runs all configurations in its
+    own random order (seeded by ``seed``), so a drift of the machine spreads over all of them; the measured
+    tok/s is the mean over repetitions, with its standard deviation, range and each run kept.
+    ``compare_hardware``: further profiles (e.g. other calibrations of the same machine) whose predictions
+    are written beside the main one's, with their spread per configuration. ``intervals`` (a calibration's
+    ``intervals``; by default read from ``HW.raw.json`` beside a ``hardware`` path): each parameter's
+    interval's shift of each prediction (:func:`hotexperts.runtime.calibrate.prediction_shifts`).
+    """
     import torch
 
     from hotexperts.policies import make_policy
+    from hotexperts.runtime.calibrate import flag_wide, load_intervals, prediction_shifts
     from hotexperts.runtime.engine import EngineShape, MoEEngine, Schedule, default_layers
+    from hotexperts.sim.cost import StepCounts, evaluate
     from hotexperts.sim.hardware import load_hardware
     from hotexperts.sim.replay import replay
     from hotexperts.sim.simulate import map_trace_to_model, simulate
 
     say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if repeats < 1:
+        raise InputError(None, "repeats must be >= 1")
     hw = load_hardware(hardware)
+    if intervals is None and isinstance(hardware, (str, os.PathLike)):
+        intervals = load_intervals(hardware)
+    others = [(str(h), load_hardware(h)) for h in compare_hardware]
     n_layers = int(n_layers or default_layers(dtype))
     shape = EngineShape.from_spec(model, n_layers=n_layers, dtype=dtype)
     espec = shape.model_spec(model)
@@ -165,59 +220,115 @@ def validate(
                                f"{model.name} top-{model.n_expert_used} of {model.n_expert}")
     tr = prepare_trace(trace, decode_steps=warmup + tokens)
     mtr, lmap = map_trace_to_model(tr, espec, remap=True)
-    cfgs = list(configs) if configs is not None else default_configs(n_layers)
+    cfgs = list(configs) if configs is not None else default_configs(n_layers, model.n_expert)
+    names = [c.name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise InputError(None, "configuration names must be unique")
     pols = []
     for c in cfgs:
         try:
             pols.append(make_policy(c.policy, **c.params))
         except (ValueError, TypeError) as exc:
             raise InputError(None, f"configuration {c.name}: {exc}") from None
+    # the simulator's side first (no engine needed): prediction, replay with events, counts
+    prep = []
+    for c, pol in zip(cfgs, pols):
+        sim = simulate(mtr, espec, hw, pol, c.slots, mode=c.mode)
+        rr = replay(mtr, pol, c.slots, record_events=True)
+        prep.append((sim, rr, StepCounts.from_replay(rr), Schedule.from_replay(mtr, rr)))
     say(f"validate: building the engine: {n_layers} layers of {model.name} "
         f"({shape.n_expert} x {shape.expert_bytes / 1e6:.1f} MB {dtype} experts per layer, "
-        f"{n_layers * shape.n_expert * shape.expert_bytes / 1e9:.1f} GB host)")
+        f"{n_layers * shape.n_expert * shape.expert_bytes / 1e9:.1f} GB host); {len(cfgs)} configurations x "
+        f"{repeats} interleaved repetition(s)")
     t0 = time.perf_counter()
     eng = MoEEngine(shape, device=device, cpu_threads=cpu_threads, distinct_experts=16)
     pinned = eng.pinned  # NOTE: read now: close() unregisters the host memory and clears the flag
     say(f"validate: engine ready in {time.perf_counter() - t0:.1f} s (pinned={pinned})")
-    rows = []
+    runs: list[list[Any]] = [[] for _ in cfgs]
+    rng = np.random.default_rng(seed)
+    run_order: list[list[str]] = []
     try:
-        for i, (c, pol) in enumerate(zip(cfgs, pols)):
-            sim = simulate(mtr, espec, hw, pol, c.slots, mode=c.mode)
-            rr = replay(mtr, pol, c.slots, record_events=True)
-            run = eng.run(Schedule.from_replay(mtr, rr), mode=c.mode, warmup=warmup)
-            steps = run.steps[run.measured]
-            total = np.asarray(sim.cost.total)
-            pred_tok_s = float(run.tokens[run.measured].sum() / total[steps].sum())
-            sel = np.asarray(rr.sel)[steps].sum()
-            pred_hit = float(np.asarray(rr.hit_sel)[steps].sum() / sel) if sel else 0.0
-            pred_bytes = float((np.asarray(sim.cost.upload_bytes) + np.asarray(sim.cost.fetch_bytes))[steps].sum())
-            meas = run.tok_s
-            err = (pred_tok_s - meas) / meas * 100.0
-            rows.append({
-                "name": c.name,
-                "policy": c.policy,
-                "params": _jsonable(sim.params),
-                "label": sim.label,
-                "mode": c.mode,
-                "slots": [int(x) for x in rr.slots],
-                "predicted_tok_s": pred_tok_s,
-                "measured_tok_s": meas,
-                "error_pct": err,
-                "predicted_hit_rate": pred_hit,
-                "measured_hit_rate": run.hit_rate,
-                "predicted_upload_bytes": pred_bytes,
-                "measured_upload_bytes": run.measured_upload_bytes,
-                "decode_tokens": int(run.tokens[run.measured].sum()),
-                "measured_median_ms": float(np.median(run.wall_s[run.measured]) * 1e3),
-                "predicted_terms_ms_per_token": {
-                    k: float(np.asarray(v)[steps].sum() * 1e3 / max(1, len(steps))) for k, v in sim.cost.terms.items()
-                },
-            })
-            say(f"validate: [{i + 1}/{len(cfgs)}] {c.name:28s} measured {meas:7.2f} tok/s  predicted "
-                f"{pred_tok_s:7.2f} ({err:+6.1f} %)  hit {run.hit_rate:.3f}/{pred_hit:.3f}")
+        for rep in range(repeats):
+            order = [int(i) for i in rng.permutation(len(cfgs))]
+            run_order.append([cfgs[i].name for i in order])
+            for j, i in enumerate(order):
+                c = cfgs[i]
+                run = eng.run(prep[i][3], mode=c.mode, warmup=warmup)
+                runs[i].append(run)
+                say(f"validate: rep {rep + 1}/{repeats} [{j + 1}/{len(cfgs)}] {c.name:28s} measured "
+                    f"{run.tok_s:7.2f} tok/s")
     finally:
         eng.close()
+
+    def steps_of(i: int) -> np.ndarray:
+        r0 = runs[i][0]
+        return np.asarray(r0.steps[r0.measured])
+
+    def predict_all(h: Any) -> dict[str, float]:
+        """tok/s over the measured steps of every configuration under profile ``h``."""
+        outp = {}
+        for i, c in enumerate(cfgs):
+            st = steps_of(i)
+            cb = evaluate(prep[i][2], espec, h, mode=c.mode)
+            outp[c.name] = float(runs[i][0].tokens[runs[i][0].measured].sum() / np.asarray(cb.total)[st].sum())
+        return outp
+
+    by_profile = {"main": predict_all(hw), **{label: predict_all(h) for label, h in others}}
+    shifts = prediction_shifts(hw, intervals, predict_all) if intervals else None
+    rows = []
+    for i, c in enumerate(cfgs):
+        sim, rr = prep[i][0], prep[i][1]
+        rs = runs[i]
+        run = rs[0]
+        steps = steps_of(i)
+        total = np.asarray(sim.cost.total)
+        pred_tok_s = float(run.tokens[run.measured].sum() / total[steps].sum())
+        sel = np.asarray(rr.sel)[steps].sum()
+        pred_hit = float(np.asarray(rr.hit_sel)[steps].sum() / sel) if sel else 0.0
+        pred_bytes = float((np.asarray(sim.cost.upload_bytes) + np.asarray(sim.cost.fetch_bytes))[steps].sum())
+        vals = np.array([r.tok_s for r in rs])
+        meas = float(vals.mean())
+        sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        preds = {label: by[c.name] for label, by in by_profile.items()}
+        pv = np.array(list(preds.values()))
+        row: dict[str, Any] = {
+            "name": c.name,
+            "policy": c.policy,
+            "family": family(c),
+            "params": _jsonable(sim.params),
+            "label": sim.label,
+            "mode": c.mode,
+            "slots": [int(x) for x in rr.slots],
+            "predicted_tok_s": pred_tok_s,
+            "measured_tok_s": meas,
+            "measured_runs_tok_s": [float(v) for v in vals],
+            "measured_sd_tok_s": sd,
+            "measured_cv_pct": sd / meas * 100.0 if meas else 0.0,
+            "measured_range_pct": float((vals.max() - vals.min()) / meas * 100.0) if meas else 0.0,
+            "error_pct": (pred_tok_s - meas) / meas * 100.0,
+            "error_pct_runs": [float((pred_tok_s - v) / v * 100.0) for v in vals],
+            "predicted_by_profile_tok_s": preds,
+            "profile_spread_pct": float((pv.max() - pv.min()) / np.median(pv) * 100.0),
+            "predicted_hit_rate": pred_hit,
+            "measured_hit_rate": run.hit_rate,
+            "measured_hit_rates_equal": all(r.hit_rate == run.hit_rate for r in rs),
+            "predicted_upload_bytes": pred_bytes,
+            "measured_upload_bytes": run.measured_upload_bytes,
+            "decode_tokens": int(run.tokens[run.measured].sum()),
+            "measured_median_ms": float(np.median(np.concatenate([r.wall_s[r.measured] for r in rs])) * 1e3),
+            "predicted_terms_ms_per_token": {
+                k: float(np.asarray(v)[steps].sum() * 1e3 / max(1, len(steps))) for k, v in sim.cost.terms.items()
+            },
+        }
+        if shifts is not None:
+            row["interval_shift_pct"] = {p: shifts[p][c.name] for p in shifts}
+        rows.append(row)
+        say(f"validate: [{i + 1}/{len(cfgs)}] {c.name:28s} measured {meas:7.2f} +- {sd:5.2f} tok/s  predicted "
+            f"{pred_tok_s:7.2f} ({row['error_pct']:+6.1f} %)  hit {run.hit_rate:.3f}/{pred_hit:.3f}")
     errs = np.abs([r["error_pct"] for r in rows])
+    fams: dict[str, list[float]] = {}
+    for r in rows:
+        fams.setdefault(r["family"], []).append(r["error_pct"])
     # issue 6: the CPU path (calibrated cpu_expert_bw, weight bytes/s of this dtype) vs half the DRAM read rate
     cpu_path = {
         "expert_dtype": dtype,
@@ -238,23 +349,34 @@ def validate(
         "trace": {"n_tokens": int(mtr.n_tokens), "decode_steps": int(warmup + tokens), "warmup": int(warmup),
                   "layer_map": [int(x) for x in lmap], "source": str(trace.meta.get("source", ""))},
         "hardware": hw.to_dict(),
+        "compare_hardware": [label for label, _ in others],
         "cpu_path_vs_dram": cpu_path,
+        "repeats": int(repeats),
+        "run_order": run_order,
         "configs": rows,
         "median_abs_error_pct": float(np.median(errs)),
         "max_abs_error_pct": float(errs.max()),
-        "hit_rates_equal": all(abs(r["predicted_hit_rate"] - r["measured_hit_rate"]) < 1e-12 for r in rows),
+        "spearman": spearman([r["predicted_tok_s"] for r in rows], [r["measured_tok_s"] for r in rows]),
+        "family_mean_error_pct": {f: float(np.mean(v)) for f, v in fams.items()},
+        "median_measured_cv_pct": float(np.median([r["measured_cv_pct"] for r in rows])),
+        "max_profile_spread_pct": float(max(r["profile_spread_pct"] for r in rows)),
+        "hit_rates_equal": all(abs(r["predicted_hit_rate"] - r["measured_hit_rate"]) < 1e-12
+                               and r["measured_hit_rates_equal"] for r in rows),
         "simulated_best": best_pred["name"],
         "measured_best": best_meas["name"],
         "simulated_best_measured_gap_pct": (best_meas["measured_tok_s"] - best_pred["measured_tok_s"])
         / best_meas["measured_tok_s"] * 100.0,
     }
+    if shifts is not None:
+        result["interval_wide"] = flag_wide(shifts)
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(outdir / "validation.json", json.dumps(result, indent=1) + "\n")
     _plot(rows, outdir, title=f"{espec.name} on {result['machine']}")
     say(f"validate: CPU path ({dtype}) {cpu_path['cpu_expert_gbs']:.1f} GB/s vs half DRAM "
         f"{cpu_path['half_dram_gbs']:.1f} GB/s: {'met' if cpu_path['met'] else 'NOT met'}")
-    say(f"validate: median |error| {result['median_abs_error_pct']:.1f} %, max {result['max_abs_error_pct']:.1f} %; "
+    say(f"validate: median |error| {result['median_abs_error_pct']:.1f} %, max {result['max_abs_error_pct']:.1f} %, "
+        f"Spearman {result['spearman']:.3f}, median CV of repeats {result['median_measured_cv_pct']:.1f} %; "
         f"wrote {outdir / 'validation.json'}")
     return result
 
@@ -290,7 +412,8 @@ def _plot(rows: list[dict[str, Any]], outdir: Path, *, title: str) -> None:
     xs = np.linspace(lo, hi, 10)
     ax.plot(xs, xs, "k-", lw=1, label="predicted = measured")
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.85", label="±10 %")
-    ax.scatter(meas, pred, zorder=3)
+    sd = np.array([r.get("measured_sd_tok_s", 0.0) for r in rows])
+    ax.errorbar(meas, pred, xerr=sd, fmt="o", zorder=3, ms=4, capsize=2)
     for r in rows:
         ax.annotate(r["name"], (r["measured_tok_s"], r["predicted_tok_s"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")

@@ -294,7 +294,8 @@ def test_validate_end_to_end_on_cpu(tmp_path, dtype):
     from hotexperts.runtime.validate import LiveConfig, validate
 
     spec = _tiny_spec()
-    cal = calibrate(model=spec, n_layers=3, dtype=dtype, device="cpu", cpu_threads=1, reps=2, log=lambda m: None)
+    cal = calibrate(model=spec, n_layers=3, dtype=dtype, device="cpu", cpu_threads=1, reps=2, rounds=3,
+                    dram_gib=1 / 64, log=lambda m: None)
     hw_path = tmp_path / "hw.json"
     write_profile(cal, hw_path)
     hw = json.loads(hw_path.read_text())
