@@ -112,7 +112,6 @@ def _split(s: str) -> tuple[str, ...]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from hotexperts.studies.pipeline import tune
 
@@ -120,7 +119,7 @@ def _tune(args: argparse.Namespace) -> int:
         trace=args.trace, model=args.model, hardware=args.hardware, vram_gb=args.vram_gb, context=args.context,
         kv_type=args.kv_type, trials=args.trials, jobs=args.jobs, storage=args.storage, study=args.study,
         seed=args.seed, policies=_split(args.policies), modes=_split(args.modes), prefill_weight=args.prefill_weight,
-        multi_objective=args.multi_objective, remap=args.remap, ubatch=args.ubatch, out=Path(args.out), target=args.target,
+        multi_objective=args.multi_objective, remap=args.remap, ubatch=args.ubatch, out=args.out, target=args.target,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     b = best["best"]

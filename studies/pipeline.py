@@ -46,7 +46,7 @@ def tune(
     hardware: str,
     vram_gb: float,
     context: int,
-    out: Path,
+    out: Path | str,
     trace: str | None = None,
     kv_type: str = "q8_0",
     trials: int = 200,

@@ -625,9 +625,12 @@ def enqueue_seeds(study: Any, ev: Evaluator) -> None:
     if "layer-offload" in fams:
         n_gpu = ev.model.n_layer - int(ev.best_layer_offload().params["n_cpu_moe"])
         seeds.append({"policy": "layer-offload", "layer-offload.gpu_layers": max(0, n_gpu), "layer-offload.order": "last"})
+    unique: dict[str, dict[str, Any]] = {}
     for s in seeds:
         if len(ev.cfg.modes) == 1:
             s.pop("mode", None)
+        unique.setdefault(json.dumps(s, sort_keys=True), s)  # NOTE: K=44 and the largest K can be the same
+    for s in unique.values():
         study.enqueue_trial(s, skip_if_exists=True)
 
 
