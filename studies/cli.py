@@ -37,6 +37,11 @@ def register(sub: Any) -> None:
                    help=f"policy families to search (default {','.join(FAMILIES)})")
     t.add_argument("--modes", default=",".join(MODES),
                    help=f"execution modes to search (default {','.join(MODES)}; real runtimes run cold-cpu only)")
+    t.add_argument("--holdout", type=float, default=0.0, metavar="F",
+                   help="hold out a share F of the trace's requests (chosen with --seed): tune on the rest, "
+                        "report the winner's and the baselines' tok/s on them")
+    t.add_argument("--eval", default=None, metavar="TRACE", dest="eval_trace",
+                   help="a second trace to report the winner's and the baselines' tok/s on (held out)")
     t.add_argument("--target", default="any", metavar="T",
                    help="runtime the recommendation is written for: fork, turboquant, upstream-lru, mainline, any "
                         "(every one of those; default) or lab (anything the simulator scores, no run files)")
@@ -120,6 +125,7 @@ def _tune(args: argparse.Namespace) -> int:
         kv_type=args.kv_type, trials=args.trials, jobs=args.jobs, storage=args.storage, study=args.study,
         seed=args.seed, policies=_split(args.policies), modes=_split(args.modes), prefill_weight=args.prefill_weight,
         multi_objective=args.multi_objective, remap=args.remap, ubatch=args.ubatch, out=args.out, target=args.target,
+        holdout=args.holdout, eval_trace=args.eval_trace,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     b = best["best"]
@@ -130,6 +136,16 @@ def _tune(args: argparse.Namespace) -> int:
         print(f"  vs {name:<15} {r['label']:<28} {r['decode_tok_s']:.2f} tok/s ({r['speedup_pct_of_best']:+.1f} %)")
     bb = best["belady_bound"]
     print(f"  belady bound at the same VRAM: hit rate {100 * bb['hit_rate']:.1f} %, {bb['decode_tok_s']:.2f} tok/s")
+    held = best.get("heldout")
+    if held:
+        r = held["rows"]["recommended"]
+        pr = r["per_request"]
+        print(f"held out ({held['requests']} requests never seen by the study): {r['heldout_decode_tok_s']:.2f} tok/s "
+              f"decode (training {r['train_decode_tok_s']:.2f}, {r['gap_pct']:+.1f} %), per request "
+              f"{pr.get('p10', 0):.2f}..{pr.get('p90', 0):.2f} (p10..p90)")
+        for name, b in held["rows"].items():
+            if name != "recommended":
+                print(f"  vs {name:<15} {b['heldout_decode_tok_s']:.2f} tok/s held out")
     run = best.get("run", {})
     if run.get("command"):
         print(f"run it ({run['target']}): sh {run['script']}")

@@ -20,6 +20,7 @@ from hotexperts.studies.tune import (
     default_trace,
     file_sha256,
     run_study,
+    split_by_request,
 )
 from hotexperts.tracer.trace import Trace
 
@@ -62,6 +63,8 @@ def tune(
     ubatch: int = 512,
     progress: bool = False,
     target: str = "any",
+    holdout: float = 0.0,
+    eval_trace: str | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) a tuning study and write every output into ``out``; returns ``best.json``."""
     t0 = time.perf_counter()
@@ -79,10 +82,16 @@ def tune(
     else:
         tr = Trace.load(trace)
         sha = file_sha256(trace)
+    tr_eval = None
+    if eval_trace is not None:
+        tr_eval = Trace.load(eval_trace)
+    elif holdout > 0:
+        tr, tr_eval = split_by_request(tr, holdout, seed)
     cfg = TuneConfig(
         model=model, hardware=hardware, vram_gb=vram_gb, context=context, kv_type=kv_type, trials=trials, seed=seed,
         policies=tuple(policies), modes=tuple(modes), prefill_weight=prefill_weight, multi_objective=multi_objective,
         remap=remap, ubatch=ubatch, target=target, trace=None if trace is None else str(trace), trace_sha=sha,
+        holdout=holdout, eval_trace=None if eval_trace is None else str(eval_trace),
     )
     # NOTE: validate everything (model, hardware, trace vs model, budget) before writing into --out
     ev = build_evaluator(cfg, tr)
@@ -99,12 +108,19 @@ def tune(
     # workers (--jobs) replay the same routing.
     # NOTE: a folder reused for another trace (or the synthetic default after a user trace) must not keep
     # the earlier trace.hxt: `report` would rebuild from it
-    if trace is None or not trace_copy.exists() or file_sha256(trace_copy) != sha:
+    if trace is None or tr_eval is not None or not trace_copy.exists() or file_sha256(trace_copy) != sha:
         tr.save(trace_copy)
+    if tr_eval is not None:
+        # NOTE: the held-out requests, never seen by the study; `report` evaluates on them again
+        build_evaluator(cfg, tr_eval)  # the held-out trace must fit the model too
+        tr_eval.save(out / "eval.hxt")
+    elif (out / "eval.hxt").exists():
+        (out / "eval.hxt").unlink()
     st, ev, url, name = run_study(cfg, tr, out, study_name=study, storage=storage, jobs=jobs, progress=progress,
                                 evaluator=ev)
     local = f"sqlite:///{(out / 'study.db').resolve()}"
     recorded = "sqlite:///study.db" if url == local else url
     write_text_atomic(out / "tune.json", json.dumps({"config": cfg.to_json(), "storage": recorded, "study_name": name},
                                                      indent=2) + "\n")
-    return finalize(st, ev, cfg, out, storage=url, study_name=name, seconds=time.perf_counter() - t0)
+    return finalize(st, ev, cfg, out, storage=url, study_name=name, seconds=time.perf_counter() - t0,
+                    eval_trace=tr_eval)

@@ -46,7 +46,7 @@ def _objective_label(cfg: TuneConfig) -> str:
 
 
 def finalize(study: Any, ev: Evaluator, cfg: TuneConfig, out_dir: Path, *, storage: str, study_name: str,
-             seconds: float | None = None) -> dict[str, Any]:
+             seconds: float | None = None, eval_trace: Trace | None = None) -> dict[str, Any]:
     """Write every output for the study's best configuration; returns the ``best.json`` content."""
     from optuna.trial import TrialState
 
@@ -55,7 +55,8 @@ def finalize(study: Any, ev: Evaluator, cfg: TuneConfig, out_dir: Path, *, stora
     cand = candidate_from_trial(bt)
     res = ev.evaluate(cand)
     best = summarize(res, ev, cand)
-    baselines = {name: summarize(ev.evaluate(c), ev, c) for name, c in ev.baselines().items()}
+    base_cands = ev.baselines()
+    baselines = {name: summarize(ev.evaluate(c), ev, c) for name, c in base_cands.items()}
     for b in baselines.values():
         b["speedup_pct_of_best"] = pct(best["objective"], b["objective"])
     bel = belady_bound(ev, cand)
@@ -98,6 +99,13 @@ def finalize(study: Any, ev: Evaluator, cfg: TuneConfig, out_dir: Path, *, stora
         },
         "config": cfg.to_json(),
     }
+    if eval_trace is not None:
+        from hotexperts.studies.tune import heldout_evaluation
+
+        out["heldout"] = heldout_evaluation(
+            ev, eval_trace, {"recommended": cand, **base_cands}, {"recommended": best, **baselines},
+            source=cfg.eval_trace or f"{100 * cfg.holdout:g} % of the trace's requests (seed {cfg.seed})",
+        )
     # ---- run files: the winner written for its target, read back below by `hotexperts check`
     from hotexperts.studies.runfiles import model_path_for
     from hotexperts.studies.targets import WriteContext
@@ -212,6 +220,20 @@ def render_html(best: dict[str, Any], out_dir: Path) -> str:
     speed = b.get("objective")
     base_n = best["baselines"].get("best-n-cpu-moe", {})
     gain = base_n.get("speedup_pct_of_best")
+    held = best.get("heldout")
+    held_html = ""
+    if held:
+        hrows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{html.escape(str(r['label']))}</td><td>{_fmt(r['train_decode_tok_s'])}</td>"
+            f"<td>{_fmt(r['heldout_decode_tok_s'])}</td><td>{_fmt(r['gap_pct'], 1)}</td>"
+            f"<td>{_fmt(r['per_request'].get('p10'))} – {_fmt(r['per_request'].get('p90'))}</td></tr>"
+            for n, r in held["rows"].items()
+        )
+        held_html = (f"<h2>Training vs held-out requests</h2><p>Held out: {html.escape(str(held['trace']))}, "
+                     f"{held['requests']} requests, {held['decode_tokens']} decode tokens the study never saw.</p>"
+                     "<table><tr><th>configuration</th><th>label</th><th>training decode tok/s</th>"
+                     "<th>held-out decode tok/s</th><th>gap %</th><th>held-out per request p10 – p90</th></tr>"
+                     f"{hrows}</table>")
     run = best.get("run", {})
     if run.get("command"):
         run_html = (f"<p>Run it ({html.escape(str(run.get('target')))}): <code>sh {html.escape(str(run.get('script')))}</code>, "
@@ -243,6 +265,7 @@ Objective: {html.escape(best['objective'])}.</p>
 <h2>Compared with what you run today</h2>
 <table><tr><th>configuration</th><th>label</th><th>decode tok/s</th><th>prefill tok/s</th><th>hit rate %</th><th>VRAM GiB</th>
 <th>recommended is faster by %</th></tr>{''.join(rows)}</table>
+{held_html}
 <h2>VRAM of the recommendation (GiB)</h2><table><tr><th>part</th><th>GiB</th></tr>{vram_rows}
 <tr><td><b>total</b></td><td><b>{vb.get('total', 0) / GiB:.2f}</b></td></tr><tr><td>budget</td><td>{vb.get('budget', 0) / GiB:.2f}</td></tr></table>
 <h2>Run files</h2>{''.join(files)}
@@ -280,10 +303,11 @@ def rebuild_report(out_dir: Path, *, storage: str | None = None) -> dict[str, An
         raise InputError(cfg_path, f"corrupt tune.json ({exc})") from None
     trace = Trace.load(out_dir / "trace.hxt")
     ev = build_evaluator(cfg, trace)
+    eval_trace = Trace.load(out_dir / "eval.hxt") if (out_dir / "eval.hxt").is_file() else None
     url = storage or stored_storage_url(str(stored.get("storage", "")), out_dir)
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if not db.is_file():
             raise InputError(db, "no study database here (pass --storage URL if the study lives elsewhere)")
     study = open_study(url, stored["study_name"], cfg)
-    return finalize(study, ev, cfg, out_dir, storage=url, study_name=stored["study_name"])
+    return finalize(study, ev, cfg, out_dir, storage=url, study_name=stored["study_name"], eval_trace=eval_trace)

@@ -74,6 +74,8 @@ class TuneConfig:
     remap: bool = field(default=False, metadata={"help": "map trace layers onto the model's"})
     ubatch: int = field(default=512, metadata={"help": "ubatch size the compute buffer is sized for"})
     target: str = field(default="any", metadata={"help": "runtime(s) the recommendation must run on (any = every runnable one)"})
+    holdout: float = field(default=0.0, metadata={"help": "share of the trace's requests held out for evaluation"})
+    eval_trace: str | None = field(default=None, metadata={"help": "a second trace to evaluate on (held out)"})
     trace: str | None = field(default=None, metadata={"help": "trace path; None = synthetic default"})
     trace_sha: str = field(default="", metadata={"help": "sha256 of the trace file used"})
 
@@ -100,6 +102,10 @@ class TuneConfig:
             raise InputError(None, f"unknown --kv-type {self.kv_type!r}; known: {', '.join(KV_TYPE_BYTES)}")
         if self.ubatch <= 0:
             raise InputError(None, f"--ubatch must be positive, got {self.ubatch}")
+        if not 0.0 <= self.holdout < 1.0 or not math.isfinite(self.holdout):
+            raise InputError(None, f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.holdout > 0 and self.eval_trace is not None:
+            raise InputError(None, "give --holdout or --eval, not both")
         if self.context < 0:
             raise InputError(None, f"--context must be >= 0, got {self.context}")
         from hotexperts.studies.targets import resolve_targets, target_for_family
@@ -318,11 +324,20 @@ class Evaluator:
         return [int(x) for x in greedy_allocation(curves, ks, self.expert_bytes, budget_bytes, self.model.n_expert)]
 
     def training_trace(self) -> Trace:
-        """The part of the trace hot sets are learned from: everything before the second half of the decode
-        tokens (the prompts included), what a user's profiling run would have seen.
+        """The part of the trace hot sets are learned from: the first half of its requests (in order of
+        appearance) when it has several, else everything before the second half of its decode tokens (the
+        prompts included): what a user's profiling run would have seen.
 
-        NOTE: learning the hot set from the very tokens it is scored on would flatter it.
+        NOTE: learning the hot set from the very tokens it is scored on would flatter it; the study still
+        scores on the whole trace, so half of a static score is in-sample: `--holdout`/`--eval` report
+        every configuration on requests nothing was learned from.
         """
+        req = self.trace.request
+        if self.trace.n_requests >= 2:
+            _, first = np.unique(req, return_index=True)
+            order = req[np.sort(first)]
+            learn = np.isin(req, order[: order.size // 2])
+            return self.trace.select(learn)
         dec = np.flatnonzero(self.trace.phase == PHASE_DECODE)
         cut = int(dec[len(dec) // 2]) if dec.size else self.trace.n_tokens
         if cut <= 0:
@@ -825,3 +840,67 @@ def _json_default(x: Any) -> Any:
     if isinstance(x, (set, tuple)):
         return list(x)
     return str(x)
+
+
+# ----------------------------------------------------------------------------- held out
+def split_by_request(trace: Trace, share: float, seed: int = 0) -> tuple[Trace, Trace]:
+    """(training, held-out): a random share of the requests (at least one, not all) held out, by request id."""
+    reqs = np.unique(trace.request)
+    if reqs.size < 2:
+        raise InputError(None, f"--holdout needs a trace of two or more requests; this one has {reqs.size}")
+    perm = np.random.default_rng(seed).permutation(reqs)
+    n_eval = min(reqs.size - 1, max(1, int(round(share * reqs.size))))
+    held = np.isin(trace.request, perm[:n_eval])
+    return trace.select(~held), trace.select(held)
+
+
+def per_request_decode(res: Any, trace: Trace) -> dict[int, float]:
+    """Decode tok/s of each request of ``trace`` in a simulated result (its steps' predicted times)."""
+    cb = res.cost
+    b = trace.step_bounds()
+    req = trace.request[b[:-1]]
+    dec = np.asarray(cb.step_phase) == 1
+    out: dict[int, float] = {}
+    for r in np.unique(req[dec]):
+        m = dec & (req == r)
+        sec = float(np.asarray(cb.total)[m].sum())
+        tok = float(np.asarray(cb.step_tokens)[m].sum())
+        if sec > 0:
+            out[int(r)] = tok / sec
+    return out
+
+
+def _spread(v: list[float]) -> dict[str, float | int]:
+    a = np.asarray(v, np.float64)
+    if a.size == 0:
+        return {"n": 0}
+    return {"n": int(a.size), "min": float(a.min()), "p10": float(np.percentile(a, 10)),
+            "median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "max": float(a.max())}
+
+
+def heldout_evaluation(ev: Evaluator, eval_trace: Trace, cands: dict[str, Candidate],
+                       train: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Predicted tok/s of ``cands`` on requests the study never saw, beside their training predictions.
+
+    Static hot sets are the ones learned on the training trace (the profile written to the run files).
+    Returns ``{"trace", "requests", "decode_tokens", "rows": {name: {label, train_decode_tok_s,
+    heldout_decode_tok_s, gap_pct, heldout_prefill_tok_s, heldout_hit_rate, per_request}}}``.
+    """
+    hev = Evaluator(eval_trace, ev.model, ev.hw, ev.cfg)
+    hev._profile = ev.profile()
+    hev._static_counts = ev.static_counts()
+    rows: dict[str, Any] = {}
+    for name, c in cands.items():
+        res = hev.evaluate(c)
+        tr = train[name]
+        rows[name] = {
+            "label": res.label,
+            "train_decode_tok_s": tr.get("decode_tok_s"),
+            "heldout_decode_tok_s": res.decode_tok_s,
+            "gap_pct": pct(res.decode_tok_s, tr.get("decode_tok_s")),
+            "heldout_prefill_tok_s": res.prefill_tok_s,
+            "heldout_hit_rate": res.hit_rate,
+            "per_request": _spread(list(per_request_decode(res, hev.trace).values())),
+        }
+    return {"trace": source, "requests": eval_trace.n_requests, "decode_tokens": eval_trace.n_decode_tokens,
+            "rows": rows}

@@ -193,3 +193,91 @@ def test_bad_out_paths_are_one_line(spec, tmp_path, monkeypatch):
         r = cli("tune", *args)
         assert r.returncode == 1 and r.stderr.count("\n") == 1, (out, r.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "tiny.json"]
+
+
+# ----------------------------------------------------------------------------------- held out
+def six_requests(path: Path) -> Trace:
+    from hotexperts.studies.tune import default_trace
+
+    tr = default_trace(tiny(4), seed=3, n_requests=6, prompt_tokens=32, decode_tokens=48, ubatch=32)
+    tr.save(path)
+    return tr
+
+
+def test_split_by_request_is_disjoint_and_complete(tmp_path):
+    import numpy as np
+
+    from hotexperts.errors import InputError
+    from hotexperts.studies.tune import split_by_request
+
+    tr = six_requests(tmp_path / "six.hxt")
+    a, b = split_by_request(tr, 0.34, seed=1)
+    ra, rb = set(np.unique(a.request)), set(np.unique(b.request))
+    assert not ra & rb and ra | rb == set(np.unique(tr.request)) and len(rb) == 2
+    assert a.n_tokens + b.n_tokens == tr.n_tokens
+    one = tr.select(tr.request == tr.request[0])
+    with pytest.raises(InputError, match="two or more requests"):
+        split_by_request(one, 0.5)
+
+
+def test_holdout_reports_unseen_requests_and_static_learns_from_the_first_requests(spec, tmp_path):
+    import numpy as np
+
+    from hotexperts.sim.hardware import load_hardware
+    from hotexperts.studies.tune import Candidate, Evaluator, TuneConfig
+
+    six_requests(tmp_path / "six.hxt")
+    out = tmp_path / "run"
+    r = cli("tune", str(tmp_path / "six.hxt"), *common(spec, out, "--trials", "10", "--holdout", "0.34"))
+    assert r.returncode == 0, r.stderr
+    assert "held out (2 requests never seen by the study)" in r.stdout
+    best = json.loads((out / "best.json").read_text())
+    held = best["heldout"]
+    assert held["requests"] == 2 and set(held["rows"]) >= {"recommended", "all-cpu", "best-n-cpu-moe"}
+    train, ev_tr = Trace.load(out / "trace.hxt"), Trace.load(out / "eval.hxt")
+    assert not set(np.unique(train.request)) & set(np.unique(ev_tr.request))
+    # the held-out figure is the winner simulated on the held-out trace alone (an independent run)
+    cfg = TuneConfig(model=str(spec), hardware="rtx4090-7950x", vram_gb=2, context=1024, target="lab")
+    m = tiny(4)
+    b = best["best"]
+    cand = Candidate(b["policy"], {k: v for k, v in b["params"].items() if k != "counts"}, b["slots_per_layer"],
+                     b["mode"], target=b["target"], knobs=b["knobs"])
+    if b["policy"] == "layer-offload":
+        cand = Candidate("layer-offload", {k: v for k, v in b["params"].items() if v not in (None, [])},
+                         [0] * 4, target="mainline")
+    hev = Evaluator(ev_tr, m, load_hardware("rtx4090-7950x"), cfg)
+    if b["policy"] == "static":
+        tev = Evaluator(train, m, load_hardware("rtx4090-7950x"), cfg)
+        cand.counts = tev.static_counts()
+    want = hev.evaluate(cand).decode_tok_s
+    assert held["rows"]["recommended"]["heldout_decode_tok_s"] == pytest.approx(want, rel=1e-9)
+    assert held["rows"]["recommended"]["per_request"]["n"] == 2
+    assert "Training vs held-out requests" in (out / "report.html").read_text()
+    # report rebuilds the held-out table from eval.hxt
+    r = cli("report", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "best.json").read_text())["heldout"]["rows"]["recommended"] == held["rows"]["recommended"]
+
+
+def test_static_hot_sets_are_learned_on_the_first_half_of_the_requests(tmp_path):
+    import numpy as np
+
+    from hotexperts.sim.hardware import load_hardware
+    from hotexperts.studies.tune import Evaluator, TuneConfig
+
+    tr = six_requests(tmp_path / "six.hxt")
+    cfg = TuneConfig(model="x", hardware="rtx4090-7950x", vram_gb=2, context=1024)
+    ev = Evaluator(tr, tiny(4), load_hardware("rtx4090-7950x"), cfg)
+    counts = ev.static_counts()
+    # independently: per decode step, each distinct expert counts once, over the first three requests
+    first = np.unique(tr.request)[:3]
+    want = np.zeros((4, 4))
+    b = tr.step_bounds()
+    for s in range(b.size - 1):
+        t0, t1 = b[s], b[s + 1]
+        if tr.phase[t0] != 1 or tr.request[t0] not in first:
+            continue
+        for ly in range(4):
+            for e in np.unique(tr.experts[t0:t1, ly, :]):
+                want[ly, e] += 1
+    assert np.array_equal(counts, want)
