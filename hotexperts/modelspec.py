@@ -25,7 +25,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 # bytes per element of a KV cache type (ggml block size / block elements)
+#: expert ids are stored as uint16: at most this many experts per layer
+MAX_EXPERTS = 65536
 KV_TYPE_BYTES: dict[str, float] = {
     "f32": 4.0,
     "f16": 2.0,
@@ -156,6 +158,19 @@ class ModelSpec:
             problems.append(f"need 0 < n_expert_used <= n_expert, got {self.n_expert_used} of {self.n_expert}")
         if self.dense_bytes < 0:
             problems.append("dense_bytes must not be negative")
+        if self.n_expert > MAX_EXPERTS:
+            problems.append(f"n_expert {self.n_expert} is more than hotexperts handles ({MAX_EXPERTS})")
+        for name in ("hidden_size", "expert_ff"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_kv_layers", "n_head_kv", "head_dim", "head_dim_v", "n_head", "vocab_size", "state_bytes",
+                     "embd_bytes", "n_shared_expert", "shared_ff"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.n_kv_layers > self.n_layer:
+            problems.append(f"n_kv_layers {self.n_kv_layers} exceeds n_layer {self.n_layer}")
+        if self.embd_bytes > self.dense_bytes:
+            problems.append("embd_bytes exceeds dense_bytes")
         if problems:
             raise InputError(path, "inconsistent model spec: " + "; ".join(problems))
         return self
@@ -174,6 +189,15 @@ class ModelSpec:
         kw["moe_layers"] = tuple(int(x) for x in kw.get("moe_layers", ()))
         kw["expert_bytes"] = tuple(int(x) for x in kw.get("expert_bytes", ()))
         kw["expert_types"] = tuple(dict(t) for t in kw.get("expert_types", ()))
+        for f in fields(cls):
+            if f.type in ("int", int) and f.name in kw:
+                v = kw[f.name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                    raise ValueError(f"{f.name} must be an integer, got {v!r}")
+                kw[f.name] = int(v)
+        for name in ("name", "arch"):
+            if name in kw and not isinstance(kw[name], str):
+                raise ValueError(f"{name} must be a string, got {kw[name]!r}")
         return cls(**kw)
 
 
@@ -736,7 +760,8 @@ def load_model_spec(spec: str | os.PathLike[str], *, allow_partial: bool = False
     if os.path.exists(s):
         if s.lower().endswith(".json"):
             return _spec_from_json(s)
-        return spec_from_gguf(s, allow_partial=allow_partial)
+        got = spec_from_gguf(s, allow_partial=allow_partial)
+        return got if allow_partial else got.validate(s)
     if s.lower().endswith((".gguf", ".json")) or os.sep in s:
         raise InputError(s, "no such file")
     raise InputError(None, f"unknown model {s!r}: not a file and not a preset (known presets: {', '.join(PRESETS)})")

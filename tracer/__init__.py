@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 
-def load_trace(path: Any, *, mmap: bool = False, verify: bool = False) -> Trace:
+def load_trace(path: Any, *, mmap: bool = False, verify: bool | None = None) -> Trace:
     """Load a ``.hxt`` trace (see :meth:`Trace.load`)."""
     return Trace.load(path, mmap=mmap, verify=verify)
 

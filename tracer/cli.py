@@ -69,7 +69,7 @@ def register(sub: Any) -> None:
     n = tsub.add_parser("info", help="summary and per-layer routing statistics of a trace")
     n.add_argument("trace", metavar="T", help="trace (.hxt)")
     n.add_argument("--json", action="store_true", help="print JSON")
-    n.add_argument("--verify", action="store_true", help="also check the CRC-32 of every array")
+    n.add_argument("--verify", action="store_true", help="check the CRC-32 of every array (the default unless HOTEXPERTS_NO_VERIFY=1)")
     n.set_defaults(func=_info)
 
     from hotexperts.tracer.synth_cli import add_synth_parser
@@ -99,7 +99,7 @@ def _info(args: argparse.Namespace) -> int:
     from hotexperts.tracer.stats import format_stats, trace_stats
     from hotexperts.tracer.trace import Trace
 
-    tr = Trace.load(args.trace, verify=args.verify)
+    tr = Trace.load(args.trace, verify=True if args.verify else None)
     stats = trace_stats(tr)
     if args.json:
         json.dump(stats, sys.stdout, indent=2)

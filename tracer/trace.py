@@ -195,7 +195,33 @@ class Trace:
         )
         if validate:
             tr.validate()
+            tr.check_distinct()
         return tr
+
+    def check_distinct(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Raise :class:`InputError` if a token routes one expert twice in a layer (top-k ids are distinct).
+
+        Run where routing enters (``from_arrays``: every reader, capture, synthesis); a saved ``.hxt`` was
+        checked when it was made and its CRC-32 guards it since. About 1.3 s for 1M tokens x 48 layers x 8.
+        """
+        ids = self.experts
+        k = ids.shape[2] if ids.ndim == 3 else 0
+        where = path
+        if k > self.n_expert:
+            raise InputError(where, f"top-{k} routing with only {self.n_expert} experts per layer: ids must be distinct")
+        if k < 2 or ids.shape[0] == 0:
+            return
+        planes = np.ascontiguousarray(np.moveaxis(ids, 2, 0))
+        bad = np.zeros(ids.shape[:2], np.bool_)
+        for i in range(k):
+            for j in range(i + 1, k):
+                bad |= planes[i] == planes[j]
+        if self.present is not None:
+            bad &= self.present
+        if bool(bad.any()):
+            t, ly = (int(x[0]) for x in np.nonzero(bad))
+            raise InputError(where, f"token {t} routes an expert twice in MoE layer {self.moe_layers[ly]} "
+                                    f"(ids {ids[t, ly].tolist()}): the top-k ids of a selection must be distinct")
 
     # -------------------------------------------------------------- validation
     def validate(self, path: str | os.PathLike[str] | None = None) -> None:
@@ -215,6 +241,8 @@ class Trace:
             raise bad(f"experts dtype {ids.dtype} does not match n_expert={self.n_expert} (expected {want})")
         if n_layers == 0 or k == 0:
             raise bad(f"experts array has an empty dimension: shape {ids.shape}")
+        if k > self.n_expert:
+            raise bad(f"top-{k} routing with only {self.n_expert} experts per layer")
         if len(self.moe_layers) != n_layers:
             raise bad(f"{len(self.moe_layers)} MoE layer ids for {n_layers} trace layers")
         if len(set(self.moe_layers)) != n_layers or any(x < 0 for x in self.moe_layers):
@@ -398,13 +426,16 @@ class Trace:
             os.fsync(fh.fileno())
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, mmap: bool = False, verify: bool = False) -> Trace:
+    def load(cls, path: str | os.PathLike[str], *, mmap: bool = False, verify: bool | None = None) -> Trace:
         """Read and validate a ``.hxt`` trace.
 
         Args:
             mmap: map the arrays read-only instead of reading them into memory.
-            verify: also check every array's CRC-32 (one extra pass over the data).
+            verify: check every array's CRC-32 (one extra pass over the data, about 0.2 s for 1M tokens x 48
+                layers x top-8). Default: on, unless the environment sets ``HOTEXPERTS_NO_VERIFY=1``.
         """
+        if verify is None:
+            verify = os.environ.get("HOTEXPERTS_NO_VERIFY", "") not in ("1", "true", "yes")
         p = Path(path)
         try:
             size = p.stat().st_size
