@@ -223,6 +223,20 @@ def _run_sim(args: argparse.Namespace) -> int:
     from hotexperts.sim.hardware import load_hardware
     from hotexperts.sim.simulate import simulate
 
+    import math
+
+    if args.vram_gb is not None and (not math.isfinite(args.vram_gb) or args.vram_gb <= 0):
+        raise InputError(None, f"--vram-gb must be a positive number, got {args.vram_gb}")
+    if args.context is not None and args.context < 0:
+        raise InputError(None, f"--context must be >= 0, got {args.context}")
+    if args.ubatch is not None and args.ubatch <= 0:
+        raise InputError(None, f"--ubatch must be positive, got {args.ubatch}")
+    if args.pos_offset < 0:
+        raise InputError(None, f"--pos-offset must be >= 0, got {args.pos_offset}")
+    if args.kv_type not in KV_TYPE_BYTES:
+        raise InputError(None, f"unknown --kv-type {args.kv_type!r}; known: {', '.join(KV_TYPE_BYTES)}")
+    if args.sweep_k is not None and not [x for x in args.sweep_k.split(",") if x.strip()]:
+        raise InputError(None, f"--sweep-k lists no K: {args.sweep_k!r}")
     model = load_model_spec(args.model)
     hw = load_hardware(args.hardware)
     trace = _load_trace(args.trace, model)
@@ -231,8 +245,6 @@ def _run_sim(args: argparse.Namespace) -> int:
         mode=args.mode, vram_gb=args.vram_gb, context=args.context, kv_type=args.kv_type, remap=args.remap,
         ubatch=args.ubatch, pos_offset=args.pos_offset, trace_path=args.trace,
     )
-    if args.kv_type not in KV_TYPE_BYTES:
-        raise InputError(None, f"unknown --kv-type {args.kv_type!r}")
     if args.sweep_k:
         try:
             ks = [int(x) for x in args.sweep_k.split(",") if x.strip()]

@@ -87,3 +87,15 @@ def test_impossible_model_geometry_is_one_line(tmp_path, change, needle):
     one_line_error(cli("tune", "--model", str(p), "--hardware", "rtx4090-7950x", "--vram-gb", "24", "--context", "1024",
                        "--out", str(tmp_path / "o"), "--trials", "2"), needle)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--vram-gb", "nan"], "--vram-gb"), (["--vram-gb", "0"], "--vram-gb"), (["--vram-gb", "-1"], "--vram-gb"),
+    (["--sweep-k", ",,,"], "--sweep-k"), (["--kv-type", "junk"], "--kv-type"), (["--context", "-5"], "--context"),
+])
+def test_sim_refuses_what_tune_refuses(tmp_path, extra, needle):
+    m = load_model_spec("qwen3-30b-a3b-q4_k_m")
+    p = tmp_path / "t.hxt"
+    default_trace(m, n_requests=1, prompt_tokens=16, decode_tokens=16).save(p)
+    one_line_error(cli("sim", str(p), "--model", "qwen3-30b-a3b-q4_k_m", "--hardware", "rtx4090-7950x", "--policy",
+                       "lru", "--hot-k", "8", *extra), needle)
