@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -438,7 +439,11 @@ class Trace:
             verify = os.environ.get("HOTEXPERTS_NO_VERIFY", "") not in ("1", "true", "yes")
         p = Path(path)
         try:
-            size = p.stat().st_size
+            st = p.stat()
+            size = st.st_size
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                # NOTE: a FIFO or a device would block or never end
+                raise InputError(p, "not a regular file")
             fh = open(p, "rb")
         except FileNotFoundError:
             raise InputError(p, "no such file") from None
