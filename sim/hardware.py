@@ -175,7 +175,8 @@ class HardwareProfile:
                 raise ValueError(f"hardware field {f.name} must be a finite number, got {v!r}")
             if float(v) < 0:
                 raise ValueError(f"hardware field {f.name} must not be negative, got {v}")
-        for name in ("gpu_mem_bw", "pcie_pinned_bw", "cpu_expert_bw", "dram_bw", "pcie_pageable_bw", "gpu_expert_bw"):
+        for name in ("gpu_mem_bw", "pcie_pinned_bw", "cpu_expert_bw", "dram_bw", "pcie_pageable_bw", "gpu_expert_bw",
+                     "pcie_prefill_bw", "gpu_tflops", "staging_copy_bw", "vram_bytes"):
             if getattr(self, name) is not None and float(getattr(self, name)) <= 0:
                 raise ValueError(f"hardware field {name} must be positive")
         if self.upload_contention is not None and self.upload_contention > 1:
@@ -234,8 +235,13 @@ class HardwareProfile:
         if missing:
             raise InputError(where, f"missing required hardware field(s): {', '.join(missing)}")
         kw = dict(d)
+        for name in ("name", "source", "notes"):
+            if name in kw and not isinstance(kw[name], str):
+                raise InputError(where, f"hardware field {name} must be a string, got {kw[name]!r}")
         if "fitted" in kw:
-            kw["fitted"] = tuple(str(x) for x in kw["fitted"])
+            if not isinstance(kw["fitted"], list) or not all(isinstance(x, str) for x in kw["fitted"]):
+                raise InputError(where, f"hardware field fitted must be a list of field names, got {kw['fitted']!r}")
+            kw["fitted"] = tuple(kw["fitted"])
         try:
             return cls(**kw)
         except (TypeError, ValueError) as exc:
@@ -253,6 +259,8 @@ class HardwareProfile:
             raise InputError(p, "no such hardware profile file") from None
         except OSError as exc:
             raise InputError(p, f"cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InputError(p, "not UTF-8 text (a hardware profile is a JSON file)") from None
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -99,3 +99,23 @@ def test_sim_refuses_what_tune_refuses(tmp_path, extra, needle):
     default_trace(m, n_requests=1, prompt_tokens=16, decode_tokens=16).save(p)
     one_line_error(cli("sim", str(p), "--model", "qwen3-30b-a3b-q4_k_m", "--hardware", "rtx4090-7950x", "--policy",
                        "lru", "--hot-k", "8", *extra), needle)
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"fitted": 5}, "fitted"), ({"name": None}, "name"), ({"pcie_prefill_bw": 0}, "pcie_prefill_bw"),
+    ({"gpu_tflops": 0}, "gpu_tflops"), ({"vram_bytes": 0}, "vram_bytes"),
+])
+def test_bad_hardware_profiles_are_one_line(tmp_path, change, needle):
+    from hotexperts.sim.hardware import load_hardware
+
+    d = load_hardware("rtx4090-7950x").to_dict()
+    d.update(change)
+    p = tmp_path / "hw.json"
+    p.write_text(json.dumps(d))
+    one_line_error(cli("hardware", "show", str(p)), str(p), needle)
+
+
+def test_hardware_profile_that_is_not_utf8(tmp_path):
+    p = tmp_path / "hw.json"
+    p.write_bytes(b'{"name": "\xff\xfe"}')
+    one_line_error(cli("hardware", "show", str(p)), str(p), "UTF-8")
