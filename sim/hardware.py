@@ -176,7 +176,7 @@ class HardwareProfile:
             if float(v) < 0:
                 raise ValueError(f"hardware field {f.name} must not be negative, got {v}")
         for name in ("gpu_mem_bw", "pcie_pinned_bw", "cpu_expert_bw", "dram_bw", "pcie_pageable_bw", "gpu_expert_bw",
-                     "pcie_prefill_bw", "gpu_tflops", "staging_copy_bw", "vram_bytes"):
+                     "pcie_prefill_bw", "gpu_tflops", "staging_copy_bw"):
             if getattr(self, name) is not None and float(getattr(self, name)) <= 0:
                 raise ValueError(f"hardware field {name} must be positive")
         if self.upload_contention is not None and self.upload_contention > 1:
