@@ -119,3 +119,15 @@ def test_hardware_profile_that_is_not_utf8(tmp_path):
     p = tmp_path / "hw.json"
     p.write_bytes(b'{"name": "\xff\xfe"}')
     one_line_error(cli("hardware", "show", str(p)), str(p), "UTF-8")
+
+
+@pytest.mark.parametrize("rec,needle", [
+    ({"layer": 10**30}, "implausibly large"),
+    ({"token_idx": 10**30}, "implausibly large"),
+    ({"token_idx": 10**9}, "leaves most"),
+])
+def test_huge_integers_in_jsonl_are_one_line(tmp_path, rec, needle):
+    base = {"dataset": "x", "problem_id": 0, "layer": 0, "experts": [0, 1], "gating_probs": [0.5, 0.5], "token_idx": 0}
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(base) + "\n" + json.dumps({**base, **rec}) + "\n")
+    one_line_error(cli("trace", "import", str(p), "--out", str(tmp_path / "t.hxt"), "--n-expert", "8"), str(p), needle)

@@ -21,7 +21,7 @@ from hotexperts.tracer.importers import import_trace
 from hotexperts.tracer.trace import Trace
 
 MB = 1 << 20
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def spec_for(tr: Trace) -> ModelSpec:

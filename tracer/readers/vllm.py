@@ -44,7 +44,13 @@ def _int(path: str | os.PathLike[str], obj: dict[str, Any], key: str, where: str
         raise InputError(path, f"field {key!r} must be an integer, got {json.dumps(v)[:40]}", where=where)
     if v < 0:
         raise InputError(path, f"field {key!r} must not be negative, got {v}", where=where)
+    if v > _MAX_INDEX:
+        raise InputError(path, f"field {key!r} is implausibly large: {v}", where=where)
     return v
+
+
+#: largest layer or token index a record may carry (the trace stores them as int32)
+_MAX_INDEX = 2**31 - 1
 
 
 def read_vllm_jsonl(path: str | os.PathLike[str], *, n_expert: int | None = None) -> Trace:
@@ -118,6 +124,14 @@ def read_vllm_jsonl(path: str | os.PathLike[str], *, n_expert: int | None = None
     ids_a = np.asarray(rec_ids, np.int64)
     w_a = np.asarray(rec_w, np.float64)
     lines = np.asarray(rec_line, np.int64)
+    # NOTE: sizes are bounded before allocation: a request spans max(token_idx) + 1 tokens, so one wild
+    # token_idx would otherwise ask for gigabytes of absent entries
+    n_cells = sum(int(tok_a[req_a == r].max()) + 1 for r in np.unique(req_a)) * int(np.unique(lay_a).size)
+    if n_cells > 4 * len(rec_req) + 4096:
+        i = int(np.argmax(tok_a))
+        raise InputError(path, f"token_idx {int(tok_a[i])} leaves most (token, layer) entries of its request empty "
+                               f"({len(rec_req)} records for {n_cells} entries): corrupt file?",
+                         where=f"line {int(lines[i])}")
     if n_expert is not None:
         check_ids(path, ids_a, n_expert, where_of=lambda i: f"line {int(lines[i // k])}")
     ne, inferred = resolve_n_expert(path, int(ids_a.max()), n_expert)
