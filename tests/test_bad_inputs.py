@@ -131,3 +131,11 @@ def test_huge_integers_in_jsonl_are_one_line(tmp_path, rec, needle):
     p = tmp_path / "r.jsonl"
     p.write_text(json.dumps(base) + "\n" + json.dumps({**base, **rec}) + "\n")
     one_line_error(cli("trace", "import", str(p), "--out", str(tmp_path / "t.hxt"), "--n-expert", "8"), str(p), needle)
+
+
+def test_csv_promising_millions_of_tokens_is_refused_before_allocation(tmp_path):
+    p = tmp_path / "big.csv"
+    p.write_text("# phase,n_tokens,layer,token_idx,e0,e1\ndecode,20000000,0,0,1,2\n")
+    one_line_error(cli("trace", "import", str(p), "--out", str(tmp_path / "t.hxt"), "--n-expert", "8"), str(p),
+                   "n_tokens 20000000")
+    assert not (tmp_path / "t.hxt").exists()

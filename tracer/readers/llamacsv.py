@@ -246,6 +246,13 @@ def read_csv(
         row_tok = np.where(last, row_tok + (ub_n[ub_row] - r_last), row_tok)
 
     n_tok = int(ub_tok0[-1])
+    # NOTE: sizes are bounded before allocation: n_tokens fields that promise far more tokens than the rows
+    # give (a 3-line file declaring 20,000,000 tokens became a 320 MB trace) are corrupt
+    if n_tok * L > 1024 * int(lay.size) + 65536:
+        u = int(np.argmax(ub_n))
+        raise InputError(path, f"n_tokens {int(ub_n[u])} with only {int(counts[u].max())} rows in any layer: the file "
+                               f"declares {n_tok} tokens for {int(lay.size)} rows (corrupt n_tokens?)",
+                         where=line_of(first_row[u]))
     tok_ub = np.repeat(np.arange(n_ub), ub_n)
 
     # ---- warm-up ubatches (llama.cpp dialect only)
