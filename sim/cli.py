@@ -15,7 +15,6 @@ import dataclasses
 import json
 import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "policy_options"]
@@ -118,25 +117,14 @@ def register(sub: Any) -> None:
 
 # ------------------------------------------------------------------------------------------ helpers
 def _load_trace(path: str, model: Any) -> Any:
-    from hotexperts.errors import InputError
-    from hotexperts.tracer.trace import Trace
+    from hotexperts.tracer.inputs import open_trace
 
-    p = Path(path)
-    if not p.exists():
-        raise InputError(p, "no such trace file")
-    if p.suffix == ".hxt":
-        return Trace.load(p)
-    from hotexperts.tracer.importers import import_trace
-
+    # NOTE: formats without an expert count: the inferred count is the model's, nothing to warn about
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        tr = import_trace(p)
+        tr = open_trace(path, model=model, quiet_inferred=True)
     for w in caught:
-        msg = str(w.message)
-        if "assuming n_expert" in msg and tr.n_expert == model.n_expert:
-            # NOTE: formats without an expert count: the inferred count is the model's, nothing to warn about
-            continue
-        print(f"hotexperts: warning: {msg}", file=sys.stderr)
+        print(f"hotexperts: warning: {w.message}", file=sys.stderr)
     return tr
 
 
@@ -218,12 +206,12 @@ def _fmt(v: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ commands
 def _run_sim(args: argparse.Namespace) -> int:
+    import math
+
     from hotexperts.errors import InputError
     from hotexperts.modelspec import KV_TYPE_BYTES, load_model_spec
     from hotexperts.sim.hardware import load_hardware
     from hotexperts.sim.simulate import simulate
-
-    import math
 
     if args.vram_gb is not None and (not math.isfinite(args.vram_gb) or args.vram_gb <= 0):
         raise InputError(None, f"--vram-gb must be a positive number, got {args.vram_gb}")

@@ -195,7 +195,9 @@ def check(
     cfg = TuneConfig(model=model_arg, hardware=hw_arg, vram_gb=float(budget), context=settings["context"],
                      kv_type=settings["kv_type"], ubatch=settings["ubatch"], remap=do_remap, target="lab")
     if trace is not None:
-        tr = Trace.load(trace)
+        from hotexperts.tracer.inputs import open_trace
+
+        tr = open_trace(trace, model=spec, quiet_inferred=True)
     elif folder is not None and (folder / "trace.hxt").is_file():
         tr = Trace.load(folder / "trace.hxt")
     else:

@@ -22,7 +22,7 @@ from hotexperts.studies.tune import (
     run_study,
     split_by_request,
 )
-from hotexperts.tracer.trace import Trace
+from hotexperts.tracer.inputs import open_trace
 
 __all__ = ["tune"]
 
@@ -80,11 +80,11 @@ def tune(
         tr = default_trace(spec, seed=seed, ubatch=ubatch)
         sha = ""
     else:
-        tr = Trace.load(trace)
-        sha = file_sha256(trace)
+        tr = open_trace(trace)
+        sha = file_sha256(trace) if Path(trace).is_file() else ""
     tr_eval = None
     if eval_trace is not None:
-        tr_eval = Trace.load(eval_trace)
+        tr_eval = open_trace(eval_trace)
     elif holdout > 0:
         tr, tr_eval = split_by_request(tr, holdout, seed)
     cfg = TuneConfig(

@@ -139,3 +139,28 @@ def test_csv_promising_millions_of_tokens_is_refused_before_allocation(tmp_path)
     one_line_error(cli("trace", "import", str(p), "--out", str(tmp_path / "t.hxt"), "--n-expert", "8"), str(p),
                    "n_tokens 20000000")
     assert not (tmp_path / "t.hxt").exists()
+
+
+def test_every_command_reads_every_format_by_content(tmp_path):
+    """A .hxt under another name and a CSV are read by sim, tune and check alike (content, not extension)."""
+    m = load_model_spec("qwen3-30b-a3b-q4_k_m")
+    tr = default_trace(m, n_requests=2, prompt_tokens=16, decode_tokens=24, ubatch=16)
+    odd = tmp_path / "routing.trace"
+    tr.save(odd)
+    csv = tmp_path / "routing.csv"
+    from hotexperts.tracer.export import export_trace
+
+    export_trace(tr, csv, format="csv")
+    base = ["--model", "qwen3-30b-a3b-q4_k_m", "--hardware", "rtx4090-7950x"]
+    for src in (odd, csv):
+        r = cli("sim", str(src), *base, "--policy", "lru", "--hot-k", "8", "--json")
+        assert r.returncode == 0, r.stderr
+        r = cli("tune", str(src), *base, "--vram-gb", "12", "--context", "4096", "--trials", "4",
+                "--out", str(tmp_path / f"t-{src.suffix[1:]}"), "--no-progress")
+        assert r.returncode == 0, r.stderr
+        r = cli("check", "--trace", str(src), *base, "--vram-gb", "12", "--", "llama-server", "-m", "x.gguf",
+                "-ngl", "99", "-c", "4096", "--n-cpu-moe", "40")
+        assert r.returncode == 0, r.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    one_line_error(cli("sim", str(fifo), *base, "--policy", "lru", "--hot-k", "8"), "not a regular file")
