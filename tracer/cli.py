@@ -74,9 +74,10 @@ def register(sub: Any) -> None:
     i.set_defaults(func=_import)
 
     e = tsub.add_parser("export", help="write a trace as CSV (formats.md section 1) or a .moeprof v1 profile")
-    e.add_argument("trace", metavar="T", help="trace (.hxt)")
+    e.add_argument("trace", metavar="T", help="trace (.hxt, or any importable source, detected by content)")
     e.add_argument("--format", required=True, choices=["csv", "moeprof"], help="output format")
     e.add_argument("--out", required=True, metavar="F", help="output file")
+    e.add_argument("--n-expert", type=int, default=None, help="expert count, for a source that does not say it")
     e.set_defaults(func=_export)
 
     n = tsub.add_parser("info", help="summary and per-layer routing statistics of a trace")

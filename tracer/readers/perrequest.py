@@ -1,6 +1,6 @@
 """Per-request routing files (one file per request) gathered from a directory, a tar archive or one file.
 
-Two such formats are read (docs/trace-format.md sections 3.5 and 3.6):
+Two such formats are read (docs/trace-format.md sections 3.4 to 3.6):
 
 * ``chaos-json``: the "Patterns behind Chaos" dataset (arXiv 2510.05497; Llama-4-Maverick, DeepSeek-R1,
   Qwen3-235B, Kimi-K2): ``<n>.json`` per request, :mod:`hotexperts.tracer.readers.chaos`;
