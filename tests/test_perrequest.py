@@ -485,3 +485,47 @@ def test_deepseek_archive_real():
     want = np.array([json.loads(row[3]) for row in rows]).reshape(26, n, 6).transpose(1, 0, 2)
     np.testing.assert_array_equal(r.experts, want)
     assert int(np.count_nonzero(np.isin(tr.request, np.arange(1001, 2001)))) == 97_858  # PROVENANCE.md
+
+
+# ----------------------------------------------------------------------------------- sim on imported sets
+
+
+def test_sim_runs_on_imported_sets_with_their_presets(tmp_path, capsys):
+    """`sim` takes a Chaos archive directly (Maverick's shape) and a moe-beyond import made with --model."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "mmlu" / "anatomy"
+    src.mkdir(parents=True)
+    for n, (n_pre, n_dec) in enumerate([(4, 3), (2, 5)]):
+        steps = []
+        for size in [n_pre] + [1] * n_dec:
+            step: dict[str, object] = {}
+            for il in range(48):
+                step[str(il)] = None if il % 2 == 0 else [[int(x)] for x in rng.integers(0, 128, size)]
+            steps.append(step)
+        steps[0]["47"][0] = [127]  # type: ignore[index]  # the largest id occurs: n_expert inferred as 128
+        (src / f"{n}.json").write_text(json.dumps(steps))
+    arch = _tar(tmp_path / "mmlu", tmp_path / "mmlu.tar.xz")
+    rc, out, err = _run(["sim", str(arch), "--model", "llama4-maverick-17b-128e-q4_k_m", "--hardware", "h200-llamacpp",
+                         "--policy", "lru", "--hot-k", "4", "--json"], capsys)
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["prefill_tokens"], r["decode_tokens"], r["n_steps"]) == (6, 8, 2 + 8)
+    assert r["selections"] == 14 * 24 and r["decode_selections"] == 8 * 24 and not r["remapped"]
+
+    rows = ["Layer ID,Batch Number,Token,Activated Expert IDs"]
+    ids = np.stack([rng.permutation(64)[:6] for _ in range(26 * 5)]).reshape(26, 5, 6)
+    ids[0, 0] = [63, 0, 1, 2, 3, 4]
+    for li in range(26):
+        for t in range(5):
+            rows.append(f'{li + 1},0,tok{t},"[{", ".join(str(int(x)) for x in ids[li, t])}]"')
+    (tmp_path / "prompt_1_data.csv").write_text("\n".join(rows) + "\n")
+    hxt = tmp_path / "ds.hxt"
+    rc, _, err = _run(["trace", "import", str(tmp_path / "prompt_1_data.csv"), "--model", "deepseek-v2-lite-q4_k_m",
+                       "--prompt-tokens", "2", "--out", str(hxt)], capsys)
+    assert rc == 0, err
+    np.testing.assert_array_equal(Trace.load(hxt).experts, ids.transpose(1, 0, 2))
+    rc, out, err = _run(["sim", str(hxt), "--model", "deepseek-v2-lite-q4_k_m", "--hardware", "rtx4090-7950x",
+                         "--policy", "lru", "--hot-k", "8", "--json"], capsys)
+    assert rc == 0, err
+    r = json.loads(out)
+    assert (r["prefill_tokens"], r["decode_tokens"], r["n_steps"], r["decode_selections"]) == (2, 3, 4, 3 * 26 * 6)
