@@ -529,3 +529,20 @@ def test_sim_runs_on_imported_sets_with_their_presets(tmp_path, capsys):
     assert rc == 0, err
     r = json.loads(out)
     assert (r["prefill_tokens"], r["decode_tokens"], r["n_steps"], r["decode_selections"]) == (2, 3, 4, 3 * 26 * 6)
+
+
+def test_deepseek_r1_shaped_chaos_file_with_the_v3_preset(tmp_path):
+    """The dataset's DeepSeek-R1 files: 61 layers, 0-2 dense (null), top-8 of 256: the V3 preset fits them."""
+    rng = np.random.default_rng(1)
+    steps = []
+    for size in (3, 1, 1):
+        steps.append({str(il): None if il < 3 else [sorted(rng.permutation(256)[:8].tolist()) for _ in range(size)]
+                      for il in range(61)})
+    f = tmp_path / "0.json"
+    f.write_text(json.dumps(steps))
+    tr = import_trace(f, model="deepseek-v3-q4_k_m")
+    assert tr.n_expert == 256 and tr.moe_layers == tuple(range(3, 61)) and tr.top_k == 8
+    assert tr.experts[3, 57].tolist() == steps[1]["60"][0] and tr.phase.tolist() == [P, P, P, D, D]
+    assert tr.meta["model"]["name"] == "deepseek-v3-q4_k_m"
+    with pytest.raises(InputError, match="0.json: expert id 255 out of range for n_expert=64"):
+        import_trace(f, model="deepseek-v2-lite-q4_k_m")  # the wrong preset: 64 experts

@@ -56,7 +56,7 @@ __all__ = [
 # format name -> the file suffix of its request files
 REQUEST_SUFFIX = {"chaos-json": ".json", "moe-beyond-csv": ".csv"}
 _NUMBER = re.compile(r"\d+")
-_TAR_MAGIC = (b"\xfd7zXZ\x00", b"\x1f\x8b", b"BZh", b"\x28\xb5\x2f\xfd")
+_TAR_MAGIC = (b"\xfd7zXZ\x00", b"\x1f\x8b", b"BZh")  # xz, gzip, bzip2 (plain tar: "ustar" at 257)
 
 
 @dataclass
@@ -230,7 +230,10 @@ def read_per_request(
         if rel.lower().endswith(other):
             raise InputError(disp, f"a {other} file among {fmt} request files ({suffix}): one format per import")
         num = _number(disp, rel)
-        raw = data() if callable(data) else data
+        try:
+            raw = data() if callable(data) else data
+        except OSError as exc:
+            raise InputError(disp, f"cannot read: {exc.strerror or exc}") from None
         r = parse(disp, raw)
         if layers is None:
             layers, k, first_disp = r.layers, r.experts.shape[2], disp
