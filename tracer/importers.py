@@ -88,6 +88,11 @@ def load_any(path: str | os.PathLike[str], *, n_expert: int | None = None, model
     return tr
 
 
+def _subjects_note(tr: Trace) -> str:
+    subjects = tr.meta.get("subjects")
+    return f" in {len(subjects)} subject(s)" if isinstance(subjects, list) and subjects else ""
+
+
 def _emit(caught: list[warnings.WarningMessage]) -> None:
     for w in caught:
         if issubclass(w.category, TraceImportWarning):
@@ -124,7 +129,8 @@ def import_from_args(args: argparse.Namespace) -> int:
     _emit(caught)
     print(
         f"hotexperts: imported {args.src} ({fmt}): {tr.n_tokens} tokens ({tr.n_prefill_tokens} prefill, "
-        f"{tr.n_decode_tokens} decode), {tr.n_requests} requests, {tr.n_layers} MoE layers, top-{tr.top_k} of "
+        f"{tr.n_decode_tokens} decode), {tr.n_requests} requests{_subjects_note(tr)}, {tr.n_layers} MoE layers, "
+        f"top-{tr.top_k} of "
         f"{tr.n_expert} -> {args.out}",
         file=sys.stderr,
     )
