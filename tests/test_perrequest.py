@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import tarfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -207,6 +208,8 @@ def test_bad_chaos_file_in_archive(tmp_path, capsys, name):
     assert f"{arch}/b/6.json" in msg and what in msg, msg
     if where:
         assert where in msg, msg
+    # the archive is read in a background thread: it must have stopped with the error
+    assert not [t for t in threading.enumerate() if t.name == "hotexperts-tar-reader"]
     out = tmp_path / "o.hxt"
     rc, _, err = _run(["trace", "import", str(arch), "--out", str(out), "--n-expert", "8"], capsys)
     lines = err.strip().splitlines()

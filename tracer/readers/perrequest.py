@@ -30,10 +30,13 @@ The result is ONE multi-request trace:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import re
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -151,6 +154,10 @@ def iter_files(src: Source) -> Iterator[tuple[str, str, bytes | Callable[[], byt
                 else:
                     yield os.fspath(full), "\0" + rel, b""
         return
+    yield from _threaded(_tar_members(src))
+
+
+def _tar_members(src: Source) -> Iterator[tuple[str, str, bytes | Callable[[], bytes]]]:
     prefix = src.member
     found = False
     try:
@@ -173,6 +180,55 @@ def iter_files(src: Source) -> Iterator[tuple[str, str, bytes | Callable[[], byt
         raise InputError(src.path, f"corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     if prefix and not found:
         raise InputError(src.display, f"no folder or file {prefix!r} in the archive {src.path.name}")
+
+
+_DONE = object()
+
+
+def _threaded(items: Iterator[Any], depth: int = 32) -> Iterator[Any]:
+    """Run the iterator ``items`` in a background thread, ``depth`` items ahead of the consumer.
+
+    NOTE: a compressed archive is decompressed (lzma/zlib release the GIL) while the previous files are
+    parsed (numpy), so a 2-core machine does both at once; exceptions are re-raised in the consumer, and
+    a consumer that stops early (an error in a file) stops the producer.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    t = threading.Thread(target=produce, name="hotexperts-tar-reader", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            with contextlib.suppress(queue.Empty):
+                q.get_nowait()
+            t.join(timeout=0.05)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _number(disp: str, rel: str) -> int:
