@@ -332,6 +332,8 @@ BAD_MB = {
     "misaligned-token": (_swap_layer2_rows(_mb_text()), "token 0 of layer 2 differs", "line 5"),
     "two-batches": (_mb_text().replace("\n2,0,", "\n2,1,"), "one batch per file", "line 5"),
     "blank-line": (_mb_text().replace("\n2,0,", "\n\n2,0,", 1), "empty or truncated", "line 5"),
+    "no-lists-at-all": (HEADER + "\n1,0,tok,5 6 7\n1,0,tok,1 2 3\n", "quoted expert list", "line 2"),
+    "plain-csv": ("a,b\n1,2\n", "header must be", "line 1"),
 }
 
 

@@ -115,7 +115,7 @@ def parse_moebeyond_csv(name: str, data: bytes, *, prompt_tokens: int | None = N
     tail_ok = (a[ends - 1] == ord('"')) & (a[ends - 2] == ord("]"))
     br = np.flatnonzero(a == ord("["))
     bi = np.searchsorted(br, ends - 2) - 1
-    lb = np.where(bi >= 0, br[np.maximum(bi, 0)], -1)
+    lb = np.where(bi >= 0, br[np.maximum(bi, 0)], -1) if br.size else np.full(rows, -1, np.int64)
     shape_ok = tail_ok & (lb >= starts + 5)
     shape_ok[shape_ok] &= (a[lb[shape_ok] - 1] == ord('"')) & (a[lb[shape_ok] - 2] == ord(","))
     bad = np.flatnonzero(~shape_ok)
