@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_TRACES, shared_file
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hotexperts.cli import main
 from hotexperts.errors import InputError
@@ -551,3 +553,28 @@ def test_deepseek_r1_shaped_chaos_file_with_the_v3_preset(tmp_path):
     assert tr.meta["model"]["name"] == "deepseek-v3-q4_k_m"
     with pytest.raises(InputError, match="0.json: expert id 255 out of range for n_expert=64"):
         import_trace(f, model="deepseek-v2-lite-q4_k_m")  # the wrong preset: 64 experts
+
+
+# ----------------------------------------------------------------------------------- fuzz: only InputErrors
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_per_request_files_only_input_errors(tmp_path, data):
+    """Random byte changes and truncations of a valid file: a trace or an InputError naming the file."""
+    fmt = data.draw(st.sampled_from(["chaos-json", "moe-beyond-csv"]))
+    blob = bytearray((json.dumps(REQ0) if fmt == "chaos-json" else _mb_text()).encode())
+    alphabet = list(b'0123456789[]{},":nul \n\r-.x') + [0xC3, 0xFF]
+    for _ in range(data.draw(st.integers(0, 5))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.sampled_from(alphabet))
+    cut = data.draw(st.integers(0, len(blob)))
+    p = tmp_path / ("1.json" if fmt == "chaos-json" else "prompt_1_data.csv")
+    p.write_bytes(bytes(blob[:cut]))
+    try:
+        tr = _quiet(import_trace, p, format=fmt, n_expert=256)
+    except InputError as exc:
+        assert str(p) in str(exc)
+    else:
+        tr.validate()
+        assert tr.n_tokens == int(tr.experts.shape[0]) and tr.present is None
