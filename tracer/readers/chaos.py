@@ -105,17 +105,18 @@ def parse_chaos_json(name: str, data: bytes) -> RequestRouting:
     if not moe:
         raise InputError(name, "every layer is null in step 0: no MoE layer")
     dense = set(layer_of) - set(moe)
+    dense_keys = [layer_of[il] for il in sorted(dense)]
     keys = [layer_of[il] for il in moe]
+    keys0 = obj[0].keys()
     for i, step in enumerate(obj[1:], start=1):
-        lk = _layer_keys(name, step, i)
-        if set(lk) != set(layer_of):
-            diff = sorted(set(lk) ^ set(layer_of))
+        # NOTE: fast checks first (a dict-keys comparison, then the dense layers); per-key work only on error
+        if not isinstance(step, dict) or step.keys() != keys0:
+            _layer_keys(name, step, i)  # a step that is no object, or a key that is no layer number
+            diff = sorted(set(step) ^ set(keys0), key=lambda x: (len(x), x))
             raise InputError(name, f"layers {diff[:5]} differ from step 0's", where=f"step {i}")
-        nulls = sorted(il for il in lk if step[lk[il]] is None)
-        if set(nulls) != dense:
-            il = sorted(set(nulls) ^ dense)[0]
-            raise InputError(name, f"layer {il} is {'null' if il in nulls else 'not null'} here but "
-                                   f"{'not null' if il in nulls else 'null'} in step 0", where=f"step {i}")
+        for key in dense_keys:
+            if step[key] is not None:
+                raise InputError(name, f"layer {key} is not null here but null in step 0", where=f"step {i}")
     steps = obj
     sizes = None
     cols = []
