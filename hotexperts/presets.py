@@ -27,7 +27,15 @@ from typing import Any
 from hotexperts.errors import InputError
 from hotexperts.modelspec import GGUFHeader, ModelSpec, TensorInfo, spec_from_header, tensor_nbytes
 
-__all__ = ["PRESETS", "get_preset", "preset_names", "use_more_bits", "qwen35moe_header"]
+__all__ = [
+    "PRESETS",
+    "get_preset",
+    "preset_names",
+    "use_more_bits",
+    "qwen35moe_header",
+    "llama4_header",
+    "deepseek2_header",
+]
 
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -280,11 +288,221 @@ def _kimi() -> ModelSpec:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Presets for the shapes of the shared per-request traces (Llama-4-Maverick, DeepSeek-V2-Lite) and
+# for DeepSeek-V3/R1 (the 256-expert "Patterns behind Chaos" files users may bring)
+# ---------------------------------------------------------------------------------------------
+
+# llama.cpp's fallback when a row length is not a multiple of a K-quant's 256-element block
+# (llama-quant.cpp, "convert_incompatible_tensor"): e.g. DeepSeek-V2-Lite's 1408-wide expert down_proj.
+_KQUANT_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+
+
+def _fit(shape: tuple[int, ...], ggml_type: str) -> str:
+    if ggml_type in _KQUANT_FALLBACK and shape[0] % 256:
+        return _KQUANT_FALLBACK[ggml_type]
+    return ggml_type
+
+
+class _QBuilder(_Builder):
+    """A builder that applies the K-quant fallback to every tensor, as the quantizer does."""
+
+    def add(self, name: str, shape: tuple[int, ...], ggml_type: str) -> None:
+        super().add(name, shape, _fit(shape, ggml_type))
+
+
+def llama4_header() -> GGUFHeader:
+    """Synthetic Q4_K_M header of Llama-4-Maverick-17B-128E-Instruct (text model).
+
+    HF config (``text_config``): hidden 5120, 48 layers, ``interleave_moe_layer_step`` 2 (MoE in layers
+    1, 3, ..., 47; the others a dense FFN of ``intermediate_size_mlp`` 16384), 128 experts top-1 of
+    ``intermediate_size`` 8192 plus one shared expert of 8192, 40 query heads, 8 KV heads of 128, vocab
+    202,048, untied. Tensor names: llama.cpp ``LLM_ARCH_LLAMA4``.
+    """
+    n_layer, n_embd, n_vocab = 48, 5120, 202_048
+    n_head, n_head_kv, hd = 40, 8, 128
+    n_expert, n_ff_exp, n_ff_dense = 128, 8192, 16_384
+    arch = "llama4"
+    b = _QBuilder()
+    b.add("token_embd.weight", (n_embd, n_vocab), "Q4_K")
+    b.add("output_norm.weight", (n_embd,), "F32")
+    b.add("output.weight", (n_embd, n_vocab), "Q6_K")
+    for il in range(n_layer):
+        more = use_more_bits(il, n_layer)
+        p = f"blk.{il}."
+        b.add(p + "attn_norm.weight", (n_embd,), "F32")
+        b.add(p + "attn_q.weight", (n_embd, n_head * hd), "Q4_K")
+        b.add(p + "attn_k.weight", (n_embd, n_head_kv * hd), "Q4_K")
+        b.add(p + "attn_v.weight", (n_embd, n_head_kv * hd), "Q6_K" if more else "Q4_K")
+        b.add(p + "attn_output.weight", (n_head * hd, n_embd), "Q4_K")
+        b.add(p + "ffn_norm.weight", (n_embd,), "F32")
+        if il % 2 == 1:
+            b.add(p + "ffn_gate_inp.weight", (n_embd, n_expert), "F32")
+            b.add(p + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert), "Q4_K")
+            b.add(p + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert), "Q4_K")
+            b.add(p + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert), "Q6_K" if more else "Q4_K")
+            b.add(p + "ffn_gate_shexp.weight", (n_embd, n_ff_exp), "Q4_K")
+            b.add(p + "ffn_up_shexp.weight", (n_embd, n_ff_exp), "Q4_K")
+            b.add(p + "ffn_down_shexp.weight", (n_ff_exp, n_embd), "Q6_K" if more else "Q4_K")
+        else:
+            b.add(p + "ffn_gate.weight", (n_embd, n_ff_dense), "Q4_K")
+            b.add(p + "ffn_up.weight", (n_embd, n_ff_dense), "Q4_K")
+            b.add(p + "ffn_down.weight", (n_ff_dense, n_embd), "Q6_K" if more else "Q4_K")
+    kv: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.name": "Llama-4-Maverick-17B-128E-Instruct",
+        f"{arch}.block_count": n_layer,
+        f"{arch}.embedding_length": n_embd,
+        f"{arch}.feed_forward_length": n_ff_dense,
+        f"{arch}.expert_feed_forward_length": n_ff_exp,
+        f"{arch}.expert_count": n_expert,
+        f"{arch}.expert_used_count": 1,
+        f"{arch}.interleave_moe_layer_step": 2,
+        f"{arch}.attention.head_count": n_head,
+        f"{arch}.attention.head_count_kv": n_head_kv,
+        f"{arch}.attention.key_length": hd,
+    }
+    return GGUFHeader(3, kv, tuple(b.tensors))
+
+
+def deepseek2_header(
+    *,
+    name: str,
+    n_layer: int,
+    n_embd: int,
+    n_vocab: int,
+    n_head: int,
+    q_lora_rank: int,
+    n_dense: int,
+    n_ff_dense: int,
+    n_expert: int,
+    n_used: int,
+    n_ff_exp: int,
+    n_shared: int,
+    expert_bias: bool,
+) -> GGUFHeader:
+    """Synthetic Q4_K_M header of a DeepSeek-V2/V3 model (llama.cpp ``LLM_ARCH_DEEPSEEK2``, MLA attention:
+    kv_lora_rank 512, 128 + 64 (rope) query/key head dims, 128 value head dim)."""
+    kv_lora, nope, rope, vdim = 512, 128, 64, 128
+    arch = "deepseek2"
+    b = _QBuilder()
+    b.add("token_embd.weight", (n_embd, n_vocab), "Q4_K")
+    b.add("output_norm.weight", (n_embd,), "F32")
+    b.add("output.weight", (n_embd, n_vocab), "Q6_K")
+    for il in range(n_layer):
+        more = use_more_bits(il, n_layer)
+        p = f"blk.{il}."
+        b.add(p + "attn_norm.weight", (n_embd,), "F32")
+        if q_lora_rank:
+            b.add(p + "attn_q_a.weight", (n_embd, q_lora_rank), "Q4_K")
+            b.add(p + "attn_q_a_norm.weight", (q_lora_rank,), "F32")
+            b.add(p + "attn_q_b.weight", (q_lora_rank, n_head * (nope + rope)), "Q4_K")
+        else:
+            b.add(p + "attn_q.weight", (n_embd, n_head * (nope + rope)), "Q4_K")
+        b.add(p + "attn_kv_a_mqa.weight", (n_embd, kv_lora + rope), "Q4_K")
+        b.add(p + "attn_kv_a_norm.weight", (kv_lora,), "F32")
+        b.add(p + "attn_kv_b.weight", (kv_lora, n_head * (nope + vdim)), "Q4_K")
+        b.add(p + "attn_output.weight", (n_head * vdim, n_embd), "Q4_K")
+        b.add(p + "ffn_norm.weight", (n_embd,), "F32")
+        if il < n_dense:
+            b.add(p + "ffn_gate.weight", (n_embd, n_ff_dense), "Q4_K")
+            b.add(p + "ffn_up.weight", (n_embd, n_ff_dense), "Q4_K")
+            b.add(p + "ffn_down.weight", (n_ff_dense, n_embd), "Q6_K" if more else "Q4_K")
+            continue
+        b.add(p + "ffn_gate_inp.weight", (n_embd, n_expert), "F32")
+        if expert_bias:
+            b.add(p + "exp_probs_b.bias", (n_expert,), "F32")
+        b.add(p + "ffn_gate_exps.weight", (n_embd, n_ff_exp, n_expert), "Q4_K")
+        b.add(p + "ffn_up_exps.weight", (n_embd, n_ff_exp, n_expert), "Q4_K")
+        b.add(p + "ffn_down_exps.weight", (n_ff_exp, n_embd, n_expert), "Q6_K" if more else "Q4_K")
+        sh = n_shared * n_ff_exp
+        b.add(p + "ffn_gate_shexp.weight", (n_embd, sh), "Q4_K")
+        b.add(p + "ffn_up_shexp.weight", (n_embd, sh), "Q4_K")
+        b.add(p + "ffn_down_shexp.weight", (sh, n_embd), "Q6_K" if more else "Q4_K")
+    kv: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.name": name,
+        f"{arch}.block_count": n_layer,
+        f"{arch}.embedding_length": n_embd,
+        f"{arch}.feed_forward_length": n_ff_dense,
+        f"{arch}.expert_feed_forward_length": n_ff_exp,
+        f"{arch}.expert_count": n_expert,
+        f"{arch}.expert_used_count": n_used,
+        f"{arch}.expert_shared_count": n_shared,
+        f"{arch}.leading_dense_block_count": n_dense,
+        f"{arch}.attention.head_count": n_head,
+        f"{arch}.attention.head_count_kv": n_head,
+        f"{arch}.attention.kv_lora_rank": kv_lora,
+        f"{arch}.attention.key_length": nope + rope,
+        f"{arch}.attention.value_length": vdim,
+        f"{arch}.rope.dimension_count": rope,
+    }
+    if q_lora_rank:
+        kv[f"{arch}.attention.q_lora_rank"] = q_lora_rank
+    return GGUFHeader(3, kv, tuple(b.tensors))
+
+
+def _maverick() -> ModelSpec:
+    return spec_from_header(
+        llama4_header(),
+        name="llama4-maverick-17b-128e-q4_k_m",
+        source="preset: Llama-4-Maverick-17B-128E-Instruct (text), llama.cpp Q4_K_M recipe, derived",
+        estimates=("dense_bytes", "expert_types", "kv_bytes_per_token"),
+        extra={
+            "reference": "HF config meta-llama/Llama-4-Maverick-17B-128E-Instruct (text_config); llama.cpp "
+            "llama-quant.cpp",
+            "note": "the shared Maverick traces (llama4-maverick-mmlu) were recorded with SGLang on BF16 weights "
+            "(BF16 would be 3 x 5120 x 8192 x 2 = 251,658,240 B per expert); the vision tower is not counted; "
+            "3 of 4 layers use chunked (8192-token) attention, the KV estimate counts every layer fully",
+        },
+    )
+
+
+def _deepseek_v2_lite() -> ModelSpec:
+    header = deepseek2_header(
+        name="DeepSeek-V2-Lite-Chat", n_layer=27, n_embd=2048, n_vocab=102_400, n_head=16, q_lora_rank=0,
+        n_dense=1, n_ff_dense=10_944, n_expert=64, n_used=6, n_ff_exp=1408, n_shared=2, expert_bias=False,
+    )
+    return spec_from_header(
+        header,
+        name="deepseek-v2-lite-q4_k_m",
+        source="preset: DeepSeek-V2-Lite(-Chat), llama.cpp Q4_K_M recipe, derived",
+        estimates=("dense_bytes", "expert_types"),
+        extra={
+            "reference": "HF config deepseek-ai/DeepSeek-V2-Lite-Chat; llama.cpp llama-quant.cpp",
+            "note": "expert down_proj rows of 1408 are not a multiple of 256: the quantizer falls back to Q5_0 "
+            "(Q8_0 where Q6_K was chosen); the shared traces (deepseek-v2-lite-puffin) were recorded with "
+            "8-bit transformers weights (int8: 3 x 2048 x 1408 = 8,650,752 B per expert)",
+        },
+    )
+
+
+def _deepseek_v3() -> ModelSpec:
+    header = deepseek2_header(
+        name="DeepSeek-V3", n_layer=61, n_embd=7168, n_vocab=129_280, n_head=128, q_lora_rank=1536,
+        n_dense=3, n_ff_dense=18_432, n_expert=256, n_used=8, n_ff_exp=2048, n_shared=1, expert_bias=True,
+    )
+    return spec_from_header(
+        header,
+        name="deepseek-v3-q4_k_m",
+        source="preset: DeepSeek-V3 / DeepSeek-R1 (same shapes), llama.cpp Q4_K_M recipe, derived",
+        estimates=("dense_bytes", "expert_types"),
+        extra={
+            "reference": "HF config deepseek-ai/DeepSeek-V3 (= DeepSeek-R1's); llama.cpp llama-quant.cpp",
+            "note": "the multi-token-prediction layer 61 is not included (llama.cpp's converter drops it); "
+            "FP8 weights would be 3 x 7168 x 2048 = 44,040,192 B per expert (plus block scales)",
+        },
+    )
+
+
 PRESETS: dict[str, Callable[[], ModelSpec]] = {
     "qwen3.5-122b-a10b-q4_k_l": _qwen35_122b,
     "kimi-linear-48b-a3b-q4_k_m": _kimi,
     "mixtral-8x7b-q4_k_m": _mixtral,
     "qwen3-30b-a3b-q4_k_m": _qwen3_30b,
+    "llama4-maverick-17b-128e-q4_k_m": _maverick,
+    "deepseek-v2-lite-q4_k_m": _deepseek_v2_lite,
+    "deepseek-v3-q4_k_m": _deepseek_v3,
 }
 
 _CACHE: dict[str, ModelSpec] = {}

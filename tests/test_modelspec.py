@@ -378,6 +378,30 @@ def test_trace_model_presets() -> None:
     assert q3.kv_bytes_per_token("f16") == 48 * 4 * 128 * 2 * 2
 
 
+def test_per_request_trace_presets_hand_computed() -> None:
+    """Expert bytes of the Maverick / DeepSeek presets, computed here from the HF shapes and ggml block sizes
+    (Q4_K 144 B, Q6_K 210 B per 256; Q5_0 22 B, Q8_0 34 B per 32)."""
+    mav = get_preset("llama4-maverick-17b-128e-q4_k_m")
+    w = 5120 * 8192
+    assert mav.moe_layers == tuple(range(1, 48, 2)) and (mav.n_expert, mav.n_expert_used) == (128, 1)
+    q6_layers = {1, 3, 5, 11, 17, 23, 29, 35, 41, 43, 45, 47}  # use_more_bits(i, 48), odd i
+    for il, b in zip(mav.moe_layers, mav.expert_bytes):
+        assert b == (2 * w // 256 * 144 + w // 256 * (210 if il in q6_layers else 144)), il
+    assert 395e9 < mav.extra["n_params"] < 405e9  # 400B total
+    lite = get_preset("deepseek-v2-lite-q4_k_m")
+    w = 2048 * 1408
+    assert lite.moe_layers == tuple(range(1, 27)) and (lite.n_expert, lite.n_expert_used) == (64, 6)
+    assert (lite.n_shared_expert, lite.shared_ff, lite.head_dim, lite.head_dim_v) == (2, 1408, 576, 512)
+    assert set(lite.expert_bytes) == {2 * w // 256 * 144 + w // 32 * 22, 2 * w // 256 * 144 + w // 32 * 34}
+    assert lite.expert_types[0]["down"] == "Q8_0" and lite.expert_types[2]["down"] == "Q5_0"  # layers 1, 3
+    assert 15.5e9 < lite.extra["n_params"] < 16.0e9  # 15.7B
+    v3 = get_preset("deepseek-v3-q4_k_m")
+    w = 7168 * 2048
+    assert v3.moe_layers == tuple(range(3, 61)) and (v3.n_expert, v3.n_expert_used) == (256, 8)
+    assert set(v3.expert_bytes) == {3 * w // 256 * 144, 2 * w // 256 * 144 + w // 256 * 210}
+    assert 665e9 < v3.extra["n_params"] < 675e9  # 671B without the MTP layer
+
+
 def test_every_preset_is_consistent_and_listed(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model", "list"]) == 0
     out = capsys.readouterr().out

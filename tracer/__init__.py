@@ -2,7 +2,7 @@
 
 Public API::
 
-    from hotexperts.tracer import Trace, load_trace, import_trace, export_trace, trace_stats
+    from hotexperts.tracer import Trace, load_trace, import_trace, export_trace, trace_stats, split_trace
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ __all__ = [
     "import_trace",
     "export_trace",
     "trace_stats",
+    "split_trace",
 ]
 
 
@@ -42,4 +43,8 @@ def __getattr__(name: str) -> Any:
         from hotexperts.tracer.stats import trace_stats
 
         return trace_stats
+    if name == "split_trace":
+        from hotexperts.tracer.split import split_trace
+
+        return split_trace
     raise AttributeError(name)

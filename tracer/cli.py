@@ -1,4 +1,4 @@
-"""``hotexperts trace ...`` subcommands: capture, import, export, info."""
+"""``hotexperts trace ...`` subcommands: capture, import, export, info, split, synth."""
 
 from __future__ import annotations
 
@@ -47,30 +47,49 @@ def register(sub: Any) -> None:
         help="convert a trace or profile written by another tool",
         description="Import a routing trace written by another tool into the hotexperts trace format.",
     )
-    i.add_argument("src", metavar="SRC", help="input file")
+    i.add_argument(
+        "src",
+        metavar="SRC",
+        help="input file; for per-request formats also a directory, a tar archive, or a folder inside an archive "
+        "written as a path below it (requests.tar.xz/anatomy)",
+    )
     i.add_argument("--out", required=True, metavar="T", help="output trace (.hxt)")
     i.add_argument(
         "--format",
         default="auto",
-        choices=["auto", "csv", "vllm-jsonl", "moet", "fork-log"],
+        choices=["auto", "csv", "vllm-jsonl", "moet", "chaos-json", "moe-beyond-csv", "fork-log"],
         help="input format (default: detected from the content)",
     )
     i.add_argument("--keep-warmup", action="store_true", help="CSV: keep llama.cpp's 2-token warm-up ubatch")
     i.add_argument("--n-expert", type=int, default=None, help="expert count, where the file does not say it")
     i.add_argument("--model", default=None, metavar="SPEC", help="model preset or GGUF to record in the metadata")
+    i.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="moe-beyond CSV (teacher-forced prompts): keep the first N tokens of each prompt as its prefill and "
+        "make every later token a decode step (default: all tokens are one prefill ubatch)",
+    )
     i.set_defaults(func=_import)
 
     e = tsub.add_parser("export", help="write a trace as CSV (formats.md section 1) or a .moeprof v1 profile")
-    e.add_argument("trace", metavar="T", help="trace (.hxt)")
+    e.add_argument("trace", metavar="T", help="trace (.hxt, or any importable source, detected by content)")
     e.add_argument("--format", required=True, choices=["csv", "moeprof"], help="output format")
     e.add_argument("--out", required=True, metavar="F", help="output file")
+    e.add_argument("--n-expert", type=int, default=None, help="expert count, for a source that does not say it")
     e.set_defaults(func=_export)
 
     n = tsub.add_parser("info", help="summary and per-layer routing statistics of a trace")
-    n.add_argument("trace", metavar="T", help="trace (.hxt)")
+    n.add_argument("trace", metavar="T", help="trace (.hxt, or any importable source, detected by content)")
+    n.add_argument("--n-expert", type=int, default=None, help="expert count, for a source that does not say it")
     n.add_argument("--json", action="store_true", help="print JSON")
     n.add_argument("--verify", action="store_true", help="check the CRC-32 of every array (the default unless HOTEXPERTS_NO_VERIFY=1)")
     n.set_defaults(func=_info)
+
+    from hotexperts.tracer.split import add_split_parser
+
+    add_split_parser(tsub)
 
     from hotexperts.tracer.synth_cli import add_synth_parser
 
@@ -96,10 +115,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from hotexperts.tracer.importers import load_any
     from hotexperts.tracer.stats import format_stats, trace_stats
     from hotexperts.tracer.trace import Trace
 
-    tr = Trace.load(args.trace, verify=True if args.verify else None)
+    if args.verify:
+        tr = Trace.load(args.trace, verify=True)
+    else:
+        tr = load_any(args.trace, n_expert=args.n_expert)
     stats = trace_stats(tr)
     if args.json:
         json.dump(stats, sys.stdout, indent=2)

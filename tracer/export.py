@@ -104,7 +104,9 @@ def export_trace(trace: Trace, path: str | os.PathLike[str], *, format: str) -> 
 
 
 def export_from_args(args: argparse.Namespace) -> int:
-    tr = Trace.load(args.trace)
+    from hotexperts.tracer.importers import load_any
+
+    tr = load_any(args.trace, n_expert=getattr(args, "n_expert", None))
     export_trace(tr, args.out, format=args.format)
     print(f"hotexperts: wrote {args.format} of {args.trace} ({tr.n_tokens} tokens) to {args.out}", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ from hotexperts.errors import InputError
 from hotexperts.tracer.readers import TraceImportWarning, detect_format, read_trace
 from hotexperts.tracer.trace import Trace
 
-__all__ = ["import_trace", "import_from_args"]
+__all__ = ["import_trace", "import_from_args", "load_any"]
 
 
 def _model_spec(model: Any) -> Any:
@@ -41,8 +41,11 @@ def import_trace(
     keep_warmup: bool = False,
     n_expert: int | None = None,
     model: Any = None,
+    prompt_tokens: int | None = None,
 ) -> Trace:
-    """Read ``src`` (``format``: ``auto``, ``csv``, ``vllm-jsonl`` or ``moet``) into a :class:`Trace`.
+    """Read ``src`` (``format``: ``auto``, ``csv``, ``vllm-jsonl``, ``moet``, ``chaos-json`` or
+    ``moe-beyond-csv``) into a :class:`Trace`. ``src`` may be a directory or a tar archive of per-request
+    files, or a folder inside an archive written as a path below it (``requests.tar.xz/anatomy``).
 
     ``model`` (a preset name, a GGUF path, a ``ModelSpec`` or its dict) supplies ``n_expert`` when the
     file does not say it, is checked against the trace (expert count, MoE layer ids, top-k) and is
@@ -56,7 +59,7 @@ def import_trace(
             n_expert = int(spec_d["n_expert"])
         elif n_expert != int(spec_d["n_expert"]):
             raise InputError(src, f"--n-expert {n_expert} differs from the model's n_expert={spec_d['n_expert']}")
-    tr = read_trace(src, format=format, keep_warmup=keep_warmup, n_expert=n_expert)
+    tr = read_trace(src, format=format, keep_warmup=keep_warmup, n_expert=n_expert, prompt_tokens=prompt_tokens)
     if spec_d is not None:
         layers = set(int(x) for x in spec_d.get("moe_layers", tr.moe_layers))
         extra = sorted(set(tr.moe_layers) - layers)
@@ -68,6 +71,23 @@ def import_trace(
         tr.meta["model"] = spec_d
         tr.meta.pop("n_expert_inferred", None)
     return tr
+
+
+def load_any(path: str | os.PathLike[str], *, n_expert: int | None = None, model: Any = None) -> Trace:
+    """:func:`hotexperts.tracer.inputs.open_trace` for the commands: import warnings are printed as
+    ``hotexperts: warning:`` lines."""
+    from hotexperts.tracer.inputs import open_trace
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TraceImportWarning)
+        tr = open_trace(path, n_expert=n_expert, model=model)
+    _emit(caught)
+    return tr
+
+
+def _subjects_note(tr: Trace) -> str:
+    subjects = tr.meta.get("subjects")
+    return f" in {len(subjects)} subject(s)" if isinstance(subjects, list) and subjects else ""
 
 
 def _emit(caught: list[warnings.WarningMessage]) -> None:
@@ -99,13 +119,15 @@ def import_from_args(args: argparse.Namespace) -> int:
             )
             return 0
         tr = import_trace(
-            args.src, format=fmt, keep_warmup=args.keep_warmup, n_expert=args.n_expert, model=args.model
+            args.src, format=fmt, keep_warmup=args.keep_warmup, n_expert=args.n_expert, model=args.model,
+            prompt_tokens=getattr(args, "prompt_tokens", None),
         )
         tr.save(args.out)
     _emit(caught)
     print(
         f"hotexperts: imported {args.src} ({fmt}): {tr.n_tokens} tokens ({tr.n_prefill_tokens} prefill, "
-        f"{tr.n_decode_tokens} decode), {tr.n_requests} requests, {tr.n_layers} MoE layers, top-{tr.top_k} of "
+        f"{tr.n_decode_tokens} decode), {tr.n_requests} requests{_subjects_note(tr)}, {tr.n_layers} MoE layers, "
+        f"top-{tr.top_k} of "
         f"{tr.n_expert} -> {args.out}",
         file=sys.stderr,
     )

@@ -37,15 +37,16 @@ def open_trace(path: str | os.PathLike[str], *, n_expert: int | None = None, mod
     """
     p = Path(path)
     try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise InputError(p, "no such trace file") from None
-    except OSError as exc:
-        raise InputError(p, f"cannot read: {exc.strerror or exc}") from None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        st: os.stat_result | None = p.stat()
+    except OSError:
+        st = None  # NOTE: maybe a folder inside an archive (``requests.tar.xz/anatomy``): the importers say
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise InputError(p, "not a regular file (a FIFO or a device cannot be read as a trace)")
-    if stat.S_ISREG(st.st_mode) and is_hxt(p):
-        return Trace.load(p)
+    if st is not None and stat.S_ISREG(st.st_mode) and is_hxt(p):
+        tr = Trace.load(p)
+        if n_expert is not None and n_expert != tr.n_expert:
+            raise InputError(p, f"--n-expert {n_expert} differs from the trace's n_expert={tr.n_expert}")
+        return tr
     from hotexperts.tracer.importers import import_trace
 
     with warnings.catch_warnings(record=True) as caught:

@@ -122,10 +122,27 @@ def trace_stats(trace: Trace) -> dict[str, Any]:
         "absent_entries": 0 if trace.present is None else int((~trace.present).sum()),
         "source": trace.meta.get("source"),
         "model": (trace.meta.get("model") or {}).get("name") if isinstance(trace.meta.get("model"), dict) else None,
+        "subjects": _subjects(trace),
         "mean": {key: mean(key) for key in ("distinct_experts", "top10pct_share", "next_token_reuse",
                                             "median_reuse_distance")},
         "per_layer": per_layer,
     }
+
+
+def _subjects(trace: Trace) -> list[dict[str, Any]]:
+    """Per subject (``meta["subjects"]``, from the per-request importers): requests and tokens."""
+    from hotexperts.tracer.split import request_subjects
+
+    names, of = request_subjects(trace)
+    if not names:
+        return []
+    rid, n_tok = np.unique(trace.request, return_counts=True)
+    subj = np.array([of.get(int(r), -1) for r in rid], np.int64)
+    out = []
+    for i, name in enumerate(names):
+        m = subj == i
+        out.append({"name": name, "n_requests": int(m.sum()), "n_tokens": int(n_tok[m].sum())})
+    return out
 
 
 def _f(v: Any, fmt: str) -> str:
@@ -152,6 +169,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     if stats.get("model"):
         lines.append(f"model         {stats['model']}")
+    subj = stats.get("subjects") or []
+    if subj:
+        shown = ", ".join(f"{s['name']} ({s['n_requests']} req, {s['n_tokens']} tok)" for s in subj[:8])
+        lines.append(f"subjects      {len(subj)}: {shown}" + (", ..." if len(subj) > 8 else ""))
     lines.append("")
     lines.append(f"{'layer':>5} {'distinct':>8} {'top10%':>7} {'reuse':>6} {'med.dist':>8}")
     for p in stats["per_layer"]:

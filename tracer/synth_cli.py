@@ -42,17 +42,13 @@ def add_synth_parser(tsub: Any) -> None:
 def synth_from_args(args: argparse.Namespace) -> int:
     from hotexperts.errors import InputError
     from hotexperts.tracer.synth import SynthParams, fit_synth, params_for_model, sample_synth
-    from hotexperts.tracer.trace import Trace
 
     meta: dict[str, Any] = {}
     moe_layers = None
     if args.like:
-        if str(args.like).endswith(".hxt"):
-            src = Trace.load(args.like)
-        else:
-            from hotexperts.tracer.importers import import_trace
+        from hotexperts.tracer.importers import load_any
 
-            src = import_trace(args.like)
+        src = load_any(args.like)  # a .hxt, or any importable source (detected by content)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             params = fit_synth(src, path=args.like, source=str(args.like))

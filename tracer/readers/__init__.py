@@ -1,7 +1,8 @@
 """Readers for routing traces written by other tools, one module per format, and format detection.
 
-``READERS`` maps a format name to a function ``(path, *, keep_warmup, n_expert) -> Trace``;
-:func:`detect_format` tells the format from the first bytes of a file. The fork log (``fork-log``) is a
+``READERS`` maps a format name to a function ``(path, *, keep_warmup, n_expert, prompt_tokens) -> Trace``;
+:func:`detect_format` tells the format from the first bytes of a file (of a directory or tar archive of
+per-request files: from its first ``.json`` / ``.csv`` file). The fork log (``fork-log``) is a
 run summary, not a trace (:func:`hotexperts.tracer.readers.forklog.read_fork_log`), and a ``.moeprof``
 is a count table (:func:`hotexperts.tracer.profile.load_moeprof`); detection still names them so the
 caller can say so.
@@ -21,37 +22,92 @@ from hotexperts.tracer.trace import Trace
 
 __all__ = ["FORMATS", "READERS", "TraceImportWarning", "detect_format", "read_trace"]
 
-FORMATS = ("csv", "vllm-jsonl", "moet", "fork-log")
+FORMATS = ("csv", "vllm-jsonl", "moet", "chaos-json", "moe-beyond-csv", "fork-log")
 
 
-def _csv(path: str | os.PathLike[str], *, keep_warmup: bool = False, n_expert: int | None = None) -> Trace:
+def _csv(path: str | os.PathLike[str], *, keep_warmup: bool = False, n_expert: int | None = None, **_: Any) -> Trace:
     from hotexperts.tracer.readers.llamacsv import read_csv
 
     return read_csv(path, keep_warmup=keep_warmup, n_expert=n_expert)
 
 
-def _vllm(path: str | os.PathLike[str], *, keep_warmup: bool = False, n_expert: int | None = None) -> Trace:
+def _vllm(path: str | os.PathLike[str], *, keep_warmup: bool = False, n_expert: int | None = None, **_: Any) -> Trace:
     from hotexperts.tracer.readers.vllm import read_vllm_jsonl
 
     return read_vllm_jsonl(path, n_expert=n_expert)
 
 
-def _moet(path: str | os.PathLike[str], *, keep_warmup: bool = False, n_expert: int | None = None) -> Trace:
+def _moet(path: str | os.PathLike[str], *, keep_warmup: bool = False, n_expert: int | None = None, **_: Any) -> Trace:
     from hotexperts.tracer.readers.moet import read_moet
 
     return read_moet(path, n_expert=n_expert)
 
 
-READERS: dict[str, Callable[..., Trace]] = {"csv": _csv, "vllm-jsonl": _vllm, "moet": _moet}
+def _chaos(path: str | os.PathLike[str], *, n_expert: int | None = None, **_: Any) -> Trace:
+    from hotexperts.tracer.readers.chaos import read_chaos
+
+    return read_chaos(path, n_expert=n_expert)
+
+
+def _moebeyond(
+    path: str | os.PathLike[str], *, n_expert: int | None = None, prompt_tokens: int | None = None, **_: Any
+) -> Trace:
+    from hotexperts.tracer.readers.moebeyond import read_moebeyond
+
+    return read_moebeyond(path, n_expert=n_expert, prompt_tokens=prompt_tokens)
+
+
+READERS: dict[str, Callable[..., Trace]] = {
+    "csv": _csv,
+    "vllm-jsonl": _vllm,
+    "moet": _moet,
+    "chaos-json": _chaos,
+    "moe-beyond-csv": _moebeyond,
+}
+
+
+def _per_request_format(head: bytes) -> str | None:
+    from hotexperts.tracer.readers.chaos import looks_like_chaos
+    from hotexperts.tracer.readers.moebeyond import looks_like_moebeyond
+
+    if looks_like_chaos(head):
+        return "chaos-json"
+    if looks_like_moebeyond(head):
+        return "moe-beyond-csv"
+    return None
+
+
+def _detect_collection(p: Path, kind: str) -> str:
+    """The format of a directory / tar archive (or a folder in one) from its first request file."""
+    from hotexperts.tracer.readers.perrequest import sniff_source
+
+    first = sniff_source(p)
+    if first is None:
+        if kind == "dir":
+            return "fork-log"  # a telemetry directory
+        raise InputError(p, "the archive holds no per-request routing files (.json or .csv)")
+    name, head = first
+    fmt = _per_request_format(head)
+    if fmt is None:
+        raise InputError(name, "cannot tell the format from the content (neither a Chaos request JSON "
+                               "'[{\"<layer>\": ...' nor a moe-beyond CSV header); pass --format")
+    return fmt
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """``csv``, ``vllm-jsonl``, ``moet``, ``fork-log``, ``moeprof`` or ``hxt``, from the file's first bytes."""
+    """``csv``, ``vllm-jsonl``, ``moet``, ``chaos-json``, ``moe-beyond-csv``, ``fork-log``, ``moeprof`` or
+    ``hxt``, from the file's first bytes; a directory or tar archive (``A.tar.xz/folder``: a folder in one)
+    from its first ``.json`` / ``.csv`` file (a directory without one is a fork-log telemetry folder)."""
     p = Path(path)
     if not p.exists():
+        from hotexperts.tracer.readers.perrequest import open_source
+
+        src = open_source(p)
+        if src is not None and src.kind == "tar":
+            return _detect_collection(p, "tar")
         raise InputError(p, "no such file")
     if p.is_dir():
-        return "fork-log"  # a telemetry directory
+        return _detect_collection(p, "dir")
     try:
         with open(p, "rb") as fh:
             head = fh.read(65536)
@@ -65,6 +121,13 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         return "hxt"
     if head.startswith(b"moeprof"):
         return "moeprof"
+    from hotexperts.tracer.readers.perrequest import _is_tar
+
+    if _is_tar(p):
+        return _detect_collection(p, "tar")
+    per_request = _per_request_format(head)
+    if per_request is not None:
+        return per_request
     text = head.decode("utf-8", errors="replace")
     first = text.lstrip("\ufeff").split("\n", 1)[0].strip()
     if first.startswith("#") and "phase" in first and "token_idx" in first:
@@ -82,7 +145,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if "hot_cache_rebalance" in text or "STEADY at decode" in text or "rebalance #" in text:
         return "fork-log"
     raise InputError(
-        p, "cannot tell the format from the content; pass --format csv|vllm-jsonl|moet|fork-log"
+        p, "cannot tell the format from the content; pass --format csv|vllm-jsonl|moet|chaos-json|moe-beyond-csv|fork-log"
     )
 
 
@@ -92,6 +155,7 @@ def read_trace(
     format: str = "auto",
     keep_warmup: bool = False,
     n_expert: int | None = None,
+    prompt_tokens: int | None = None,
 ) -> Trace:
     """Read a foreign trace with the reader of ``format`` (``auto``: detected)."""
     fmt = detect_format(path) if format == "auto" else format
@@ -109,4 +173,6 @@ def read_trace(
         reader = READERS[fmt]
     except KeyError:
         raise InputError(path, f"unknown format {fmt!r}; known: {', '.join(FORMATS)}") from None
-    return reader(path, keep_warmup=keep_warmup, n_expert=n_expert)
+    if prompt_tokens is not None and fmt != "moe-beyond-csv":
+        raise InputError(path, f"--prompt-tokens applies to teacher-forced moe-beyond CSVs, not to {fmt}")
+    return reader(path, keep_warmup=keep_warmup, n_expert=n_expert, prompt_tokens=prompt_tokens)
