@@ -246,7 +246,8 @@ class Evaluator:
         self.cfg = cfg
         self.model = model
         self.hw = hardware
-        self.targets = resolve_targets(cfg.target)
+        self.targets = tuple(t for t in resolve_targets(cfg.target) if t.supports(model) is None)
+        self.unsupported = {t.name: str(t.supports(model)) for t in resolve_targets(cfg.target) if t.supports(model)}
         self.trace, _ = map_trace_to_model(trace, model, remap=cfg.remap, path=cfg.trace)
         self.budget = float(cfg.vram_gb) * GiB
         self.expert_bytes = np.asarray(model.expert_bytes, np.float64)
@@ -412,6 +413,8 @@ class Evaluator:
         return best
 
     def baselines(self) -> dict[str, Candidate]:
+        from hotexperts.studies.targets import REGISTRY
+
         out = {
             "all-cpu": Candidate("all-cpu", {}, [0] * self.model.n_moe_layers, target="mainline"),
             "best-n-cpu-moe": self.best_layer_offload(),
@@ -420,7 +423,7 @@ class Evaluator:
             "fork", {"interval": FORK_DEFAULT["interval"], "pp_bypass": FORK_DEFAULT["pp_bypass"]},
             [min(FORK_DEFAULT["hot_k"], self.model.n_expert)] * self.model.n_moe_layers, target="fork",
         )
-        if self.fits(fork)[0]:
+        if self.fits(fork)[0] and REGISTRY["fork"].supports(self.model) is None:
             out["fork-default"] = fork
         return out
 
@@ -703,6 +706,11 @@ def build_evaluator(cfg: TuneConfig, trace: Trace) -> Evaluator:
     model = load_model_spec(cfg.model)
     hw = load_hardware(cfg.hardware)
     ev = Evaluator(trace, model, hw, cfg)
+    from hotexperts.studies.targets import target_for_family
+
+    if not any(target_for_family(ev.targets, p) for p in cfg.policies):
+        why = "; ".join(ev.unsupported.values()) or f"--target {cfg.target} runs none of {', '.join(cfg.policies)}"
+        raise InputError(None, f"no runtime of --target {cfg.target} can run {model.name}: {why}")
     if ev.free_bytes < 0:
         raise InputError(
             None,

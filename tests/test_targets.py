@@ -278,8 +278,8 @@ def test_check_cli_prices_a_users_command_and_exit_status(tmp_path):
 
 def test_rerun_into_a_folder_leaves_only_the_current_run_files(tmp_path):
     out = tmp_path / "run"
-    common = ["--model", "qwen3-30b-a3b-q4_k_m", "--hardware", "rtx4090-7950x", "--vram-gb", "12", "--context", "8192",
-              "--out", str(out), "--no-progress", "--trials", "6"]
+    common = ["--model", "qwen3.5-122b-a10b-q4_k_l", "--hardware", "rtx4090-7950x", "--vram-gb", "16", "--context",
+              "8192", "--out", str(out), "--no-progress", "--trials", "6"]
     r = run_cli("tune", *common, "--target", "fork")
     assert r.returncode == 0, r.stderr
     assert (out / "hotexperts.env").exists()
@@ -329,3 +329,20 @@ def test_readme_main_job_winner_fits_when_read_back(tmp_path):
     d = json.loads(r.stdout)
     assert d["fits"] and d["vram_gib"] <= 24.0 and d["budget_gib"] == 24.0
     assert d["tuned"]["decode_diff_pct"] == pytest.approx(0.0, abs=0.5)
+
+
+def test_the_fork_runs_its_cache_only_for_qwen35moe(tmp_path):
+    """ParmesanParty hands the cache to build_moe_ffn from the qwen35moe graph builder only."""
+    m = load_model_spec("mixtral-8x7b-q4_k_m")
+    r = run_cli("tune", "--model", "mixtral-8x7b-q4_k_m", "--hardware", "rtx4090-7950x", "--vram-gb", "16",
+                "--context", "4096", "--target", "fork", "--out", str(tmp_path / "o"), "--trials", "2")
+    assert r.returncode == 1 and "qwen35moe" in r.stderr and r.stderr.count("\n") == 1
+    inv = parse_for_targets(["llama-server", "-ngl", "99", "-c", "4096", "-ot", "exps=CPU", "--moe-hot-k", "4"], {})
+    c = REGISTRY["fork"].read(inv, ReadContext(model=m))
+    assert c.policy == "all-cpu"  # the flags do nothing there: every expert stays on the CPU
+    # with --target any the study never proposes the fork for that model, nor lists its default as a baseline
+    from hotexperts.studies.tune import build_evaluator
+
+    tr = default_trace(m, n_requests=1, prompt_tokens=16, decode_tokens=16)
+    ev = build_evaluator(TuneConfig(model="mixtral-8x7b-q4_k_m", hardware="rtx4090-7950x", vram_gb=24, context=4096), tr)
+    assert "fork" not in {t.name for t in ev.targets} and "fork-default" not in ev.baselines()

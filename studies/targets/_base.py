@@ -113,6 +113,14 @@ class Target:
     file_names: ClassVar[tuple[str, ...]] = ()
     #: whether the runtime executes what is written (False for the simulator-only ``lab``)
     runnable: ClassVar[bool] = True
+    #: model architectures the runtime's cache works for (empty: any)
+    archs: ClassVar[tuple[str, ...]] = ()
+
+    def supports(self, model: ModelSpec) -> str | None:
+        """None if the runtime runs its cache for ``model``; else why not."""
+        if self.archs and model.arch not in self.archs:
+            return f"{self.name} runs its cache only for the {', '.join(self.archs)} architecture, not {model.arch}"
+        return None
 
     # -- study side
     def suggest(self, trial: Any, ev: Evaluator, family: str) -> Candidate:

@@ -10,7 +10,9 @@ only, default 0; ``src/llama-moe-hot-cache.cpp`` ``llama_moe_hot_cache_init``; `
 - the cache engages only when the first MoE layer's expert tensors are in host memory (``-ot exps=CPU``),
   no LoRA is active and the build has CUDA; per-layer residency is not checked, so a command that keeps
   some layers' experts in VRAM is not priced here;
-- ``K`` is not clamped to ``n_expert`` at init; a K above ``n_expert`` never leaves FILLING, so it is refused.
+- ``K`` is not clamped to ``n_expert`` at init; a K above ``n_expert`` never leaves FILLING, so it is refused;
+- only the ``qwen35moe`` graph builder hands the cache to ``build_moe_ffn`` (``src/models/qwen35moe.cpp``,
+  ``build_layer_ffn``): for other architectures the flags do nothing and the command runs as mainline.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class ForkTarget(Target):
     )
     env_vars: ClassVar[tuple[str, ...]] = (PP_BYPASS_VAR, *_IGNORED_VARS)
     file_names: ClassVar[tuple[str, ...]] = ("hotexperts.env",)
+    #: only the qwen35moe graph builder passes the cache to build_moe_ffn (src/models/qwen35moe.cpp,
+    #: build_layer_ffn)
+    archs: ClassVar[tuple[str, ...]] = ("qwen35moe",)
 
     def suggest(self, trial: Any, ev: Any, family: str) -> Any:
         from hotexperts.studies.tune import Candidate
@@ -92,7 +97,7 @@ class ForkTarget(Target):
         except ValueError:
             raise InputError(inv.origin, f"{PP_BYPASS_VAR} expects an integer, got {inv.get(PP_BYPASS_VAR)!r}") from None
         host = expert_placement(inv, model.n_layer, model.moe_layers)
-        if k <= 0 or interval <= 0 or not host[0]:
+        if k <= 0 or interval <= 0 or not host[0] or self.supports(model) is not None:
             # NOTE: the cache stays off; the command runs as mainline llama.cpp
             from hotexperts.studies.targets.mainline import MainlineTarget
 
