@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="model preset of the engine shape (default: by expert count)")
     ap.add_argument("--validation", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--trace", default=None, help="with --validation: the validated trace, to compute each parameter "
+                    "interval's shift of every validated configuration's prediction (after-1's intervals)")
     args = ap.parse_args(argv)
     from hotexperts.modelspec import load_model_spec
     from hotexperts.runtime.calibrate import PROFILE_PARAMS, reference_predictions
@@ -91,6 +93,28 @@ def main(argv: list[str] | None = None) -> int:
             sp = {g: _spread(x) for g, x in grp.items() if x}
             out["validation"][r["name"]] = {"spread_pct": sp, "by_profile": by}
             print(f"  {r['name']:30s} " + "  ".join(f"{g} {s:5.1f}%" for g, s in sp.items()))
+    if args.validation and args.trace:
+        from hotexperts.runtime.validate import default_configs, load_any_trace, offline_predictions
+
+        v = json.loads(Path(args.validation).read_text())
+        tr = load_any_trace(args.trace, n_expert=model.n_expert)
+        cfgs = default_configs(es["n_layers"], model.n_expert)
+        assert [c.name for c in cfgs] == [r["name"] for r in v["configs"]], "not the default configurations"
+        main_hw = groups["after"][0]
+        ivs = json.loads(main_hw.with_name("hw.raw.json").read_text())["intervals"]
+        off = offline_predictions(trace=tr, model=model, hardware=[main_hw], configs=cfgs, n_layers=es["n_layers"],
+                                  dtype=es["dtype"], tokens=v["trace"]["decode_steps"] - v["trace"]["warmup"],
+                                  warmup=v["trace"]["warmup"], intervals=ivs)
+        for r in v["configs"]:  # the same predictions as the live run's
+            assert abs(off["by_profile"][str(main_hw)][r["name"]] / r["predicted_tok_s"] - 1) < 1e-9, r["name"]
+        sh = off["shifts"]
+        worst = {p: max(abs(x) for pair in row.values() for x in pair) for p, row in sh.items()}
+        comb = {name: float(np.sqrt(sum(max(abs(x) for x in sh[p][name]) ** 2 for p in sh))) for name in sh["handoff_us"]}
+        out["validation_interval_shifts_pct"] = {"per_param_max": worst, "combined_rss_per_config": comb, "shifts": sh}
+        print(f"interval shifts of the validated predictions ({main_hw}'s intervals), largest per parameter:")
+        print("  " + ", ".join(f"{p} {w:.1f}%" for p, w in sorted(worst.items(), key=lambda kv: -kv[1]) if w >= 0.05))
+        print("  combined (root sum of squares) per configuration: "
+              + ", ".join(f"{n} {c:.1f}%" for n, c in comb.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
     return 0

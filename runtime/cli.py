@@ -133,10 +133,11 @@ def _validate(args: argparse.Namespace) -> int:
     from hotexperts.sim.hardware import load_hardware
 
     spec = load_model_spec(args.model)
-    hw = load_hardware(args.hardware)
+    load_hardware(args.hardware)  # a bad profile fails before the trace is read
     trace = load_any_trace(args.trace, n_expert=spec.n_expert)
     cfgs = load_configs(args.configs) if args.configs else None
-    res = validate(trace=trace, model=spec, hardware=hw, out=args.out, configs=cfgs, n_layers=args.layers,
+    # NOTE: the path, not the loaded profile: validate reads the calibration's intervals from HW.raw.json beside it
+    res = validate(trace=trace, model=spec, hardware=args.hardware, out=args.out, configs=cfgs, n_layers=args.layers,
                    dtype=args.dtype, tokens=args.tokens, warmup=args.warmup, device=args.device, cpu_threads=args.threads,
                    repeats=args.repeats, seed=args.seed, compare_hardware=args.compare_hardware)
     print(f"{'config':30s} {'measured':>9s} {'sd':>6s} {'predicted':>9s} {'error':>7s} {'hit':>6s} {'profiles':>8s}",

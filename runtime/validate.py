@@ -32,8 +32,8 @@ from hotexperts.errors import InputError
 from hotexperts.modelspec import ModelSpec
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
-__all__ = ["LiveConfig", "default_configs", "family", "load_configs", "load_any_trace", "prepare_trace", "spearman",
-           "validate"]
+__all__ = ["LiveConfig", "default_configs", "family", "load_configs", "load_any_trace", "offline_predictions",
+           "prepare_trace", "spearman", "validate"]
 
 
 @dataclass(frozen=True)
@@ -379,6 +379,52 @@ def validate(
         f"Spearman {result['spearman']:.3f}, median CV of repeats {result['median_measured_cv_pct']:.1f} %; "
         f"wrote {outdir / 'validation.json'}")
     return result
+
+
+def offline_predictions(
+    *,
+    trace: Trace,
+    model: ModelSpec,
+    hardware: Sequence[Any],
+    configs: Sequence[LiveConfig] | None = None,
+    n_layers: int | None = None,
+    dtype: str = "int8",
+    tokens: int = 200,
+    warmup: int = 16,
+    intervals: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The simulator's side of :func:`validate` without the engine: every configuration's predicted tok/s over
+    the decode steps ``validate`` measures (the ``tokens`` after the first ``warmup``), under each profile of
+    ``hardware`` (paths or profiles; labelled by ``str``), and, with ``intervals``, each parameter interval's
+    shift of the first profile's predictions. Returns ``{"by_profile": {label: {config: tok/s}}, "shifts"}``."""
+    from hotexperts.runtime.calibrate import prediction_shifts
+    from hotexperts.runtime.engine import EngineShape, default_layers
+    from hotexperts.sim.cost import StepCounts, evaluate
+    from hotexperts.sim.hardware import load_hardware
+    from hotexperts.sim.replay import replay
+    from hotexperts.sim.simulate import map_trace_to_model
+
+    n_layers = int(n_layers or default_layers(dtype))
+    espec = EngineShape.from_spec(model, n_layers=n_layers, dtype=dtype).model_spec(model)
+    mtr, _ = map_trace_to_model(prepare_trace(trace, decode_steps=warmup + tokens), espec, remap=True)
+    cfgs = list(configs) if configs is not None else default_configs(n_layers, model.n_expert)
+    from hotexperts.policies import make_policy
+
+    counts = [StepCounts.from_replay(replay(mtr, make_policy(c.policy, **c.params), c.slots)) for c in cfgs]
+
+    def predict(h: Any) -> dict[str, float]:
+        outp = {}
+        for c, cnt in zip(cfgs, counts):
+            steps = np.flatnonzero(cnt.step_phase == 1)[warmup:]
+            cb = evaluate(cnt, espec, h, mode=c.mode)
+            outp[c.name] = float(cnt.step_tokens[steps].sum() / np.asarray(cb.total)[steps].sum())
+        return outp
+
+    profs = [(str(h), load_hardware(h)) for h in hardware]
+    res: dict[str, Any] = {"by_profile": {label: predict(h) for label, h in profs}}
+    if intervals and profs:
+        res["shifts"] = prediction_shifts(profs[0][1], intervals, predict)
+    return res
 
 
 def _machine(device: str, torch: Any) -> str:

@@ -268,3 +268,42 @@ def test_validate_repeats_interleaved_with_spread_and_profiles(tmp_path):
                                                        [r["measured_tok_s"] for r in saved["configs"]]))
     assert set(saved["family_mean_error_pct"]) == {"all-cpu", "fork", "fetch-on-miss-lru", "static"}
     assert res["hit_rates_equal"]
+
+
+def test_offline_predictions_equal_validate_and_the_cli_passes_the_profile_path(tmp_path, monkeypatch):
+    """The engine-free predictions equal validate's for every configuration (and so do the interval shifts);
+    `hotexperts validate` hands validate the profile's path, beside which the intervals are."""
+    from hotexperts.cli import main
+    from hotexperts.runtime.calibrate import calibrate, write_profile
+    from hotexperts.runtime.validate import offline_predictions, validate
+
+    spec = _tiny_spec()
+    cal = calibrate(model=spec, n_layers=3, dtype="int8", device="cpu", cpu_threads=1, reps=2, rounds=3,
+                    dram_gib=1 / 64, log=lambda m: None)
+    hw_path = tmp_path / "hw.json"
+    write_profile(cal, hw_path)
+    cfgs = [LiveConfig("all-cpu", "all-cpu"), LiveConfig("fork", "fork", {"interval": 5}, 4),
+            LiveConfig("lru", "lru", {}, 4), LiveConfig("lru-fom", "lru", {}, 4, "fetch-on-miss")]
+    tr = _trace(12)
+    res = validate(trace=tr, model=spec, hardware=str(hw_path), out=tmp_path / "v", configs=cfgs, n_layers=3,
+                   dtype="int8", tokens=8, warmup=3, device="cpu", cpu_threads=1, log=lambda m: None)
+    off = offline_predictions(trace=tr, model=spec, hardware=[str(hw_path)], configs=cfgs, n_layers=3, dtype="int8",
+                              tokens=8, warmup=3, intervals=cal["measurements"]["intervals"])
+    for r in res["configs"]:
+        assert off["by_profile"][str(hw_path)][r["name"]] == pytest.approx(r["predicted_tok_s"], rel=1e-12)
+        assert off["shifts"]["cpu_expert_bw"][r["name"]] == pytest.approx(r["interval_shift_pct"]["cpu_expert_bw"])
+    # the CLI passes the profile's path on (not the loaded profile), so validate finds the intervals beside it
+    tr.save(tmp_path / "t.hxt")
+    seen = {}
+
+    def fake_validate(**kw):
+        seen.update(kw)
+        raise SystemExit(0)
+
+    import hotexperts.runtime.validate as vmod
+
+    monkeypatch.setattr(vmod, "validate", fake_validate)
+    with pytest.raises(SystemExit):
+        main(["validate", str(tmp_path / "t.hxt"), "--model", "qwen3.5-122b-a10b-q4_k_l", "--hardware", str(hw_path),
+              "--out", str(tmp_path / "o"), "--device", "cpu", "--repeats", "3", "--compare-hardware", str(hw_path)])
+    assert seen["hardware"] == str(hw_path) and seen["repeats"] == 3 and seen["compare_hardware"] == [str(hw_path)]
