@@ -14,6 +14,9 @@
 #   val-qwen2      the same on the second Kimi trace (phase-05-alt-conv; its 31 decode tokens repeated)
 #   val-mixtral    validate the Mixtral shape (int8, MIX_LAYERS layers) on the Mixtral HumanEval trace
 #   val-mixtral2   the same on the Mixtral GSM8K trace
+#   instr-qwen     the Qwen3.5 shape on the Kimi coding trace, configurations INSTR_CONFIGS (a JSON file),
+#                  one timed run and one instrumented run each (--instrument: per-layer CUDA events and host
+#                  timestamps), profile INSTR_HW (default the committed calib-qwen/after-1 of 2026-12-04)
 # Inputs (carried in .hxwork/, which git ignores): traces/ (copies of ../shared/traces files),
 # before/calibrate_v1.py (git show 97b4a2c:runtime/calibrate.py). Wheels in .whl/ (fetch_wheels.sh).
 # Environment: N_CAL (3), REPEATS (3), TOKENS (200), MIX_TOKENS (48), MIX_LAYERS (8), CAL_DIR (where val-*
@@ -88,6 +91,12 @@ for stage in "$@"; do
     val-qwen2) val val-qwen2 qwen "$QWEN" fp32 6 "$HX/traces/phase-05-alt-conv.csv" "$TOKENS" ;;
     val-mixtral) val val-mixtral mixtral "$MIX" int8 "$MIX_LAYERS" "$HX/traces/humaneval_2_routing.jsonl" "$MIX_TOKENS" ;;
     val-mixtral2) val val-mixtral2 mixtral "$MIX" int8 "$MIX_LAYERS" "$HX/traces/gsm8k_2_routing.jsonl" "$MIX_TOKENS" ;;
+    instr-qwen)
+      ihw="${INSTR_HW:-$REPO/benchmarks/results/2026-12-04-h200-stability/calib-qwen/after-1/hw.json}"
+      echo "== validate --instrument $(date -u +%T): profile $ihw"
+      "$PY" -m hotexperts validate "$HX/traces/phase-03-coding-lru.csv" --model "$QWEN" --dtype fp32 --layers 6 \
+        --hardware "$ihw" --configs "${INSTR_CONFIGS:?}" --out "$W/instr-qwen" --tokens "$TOKENS" --instrument
+      (cd "$W" && tar czf "$OUTDIR/instr-qwen.tgz" instr-qwen) ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

@@ -73,6 +73,9 @@ def register(sub: Any) -> None:
     v.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the repetitions' orders (default 0)")
     v.add_argument("--compare-hardware", nargs="+", default=[], metavar="HW.json",
                    help="further profiles (e.g. other calibrations) to predict every configuration with, side by side")
+    v.add_argument("--instrument", action="store_true",
+                   help="after the timed runs, one more run per configuration with per-layer CUDA events and host "
+                        "timestamps: measured parts in ms per token beside the predicted terms")
     v.set_defaults(func=_validate)
 
 
@@ -139,7 +142,8 @@ def _validate(args: argparse.Namespace) -> int:
     # NOTE: the path, not the loaded profile: validate reads the calibration's intervals from HW.raw.json beside it
     res = validate(trace=trace, model=spec, hardware=args.hardware, out=args.out, configs=cfgs, n_layers=args.layers,
                    dtype=args.dtype, tokens=args.tokens, warmup=args.warmup, device=args.device, cpu_threads=args.threads,
-                   repeats=args.repeats, seed=args.seed, compare_hardware=args.compare_hardware)
+                   repeats=args.repeats, seed=args.seed, compare_hardware=args.compare_hardware,
+                   instrument=args.instrument)
     print(f"{'config':30s} {'measured':>9s} {'sd':>6s} {'predicted':>9s} {'error':>7s} {'hit':>6s} {'profiles':>8s}",
           file=sys.stdout)
     for r in res["configs"]:

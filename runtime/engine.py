@@ -279,6 +279,8 @@ class RunResult:
     measured: np.ndarray  # bool
     hit_sel_layers: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0), np.int64))
     info: dict[str, Any] = field(default_factory=dict)
+    #: with ``MoEEngine.instrument``: per executed decode step, the per-layer records (:func:`_resolve_profile`)
+    layer_profile: list[dict[str, Any]] = field(repr=False, default_factory=list)
 
     @property
     def tok_s(self) -> float:
@@ -443,6 +445,10 @@ class MoEEngine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hx-cpu-experts")
         self._worker.submit(torch.set_num_threads, self.cpu_threads).result()
         self._scratch_expert: list[dict[int, int]] = [{} for _ in range(L)]
+        # per-layer instrumentation (issue 12, item 1): off unless ``instrument`` is set; see forward_layer
+        self.instrument = False
+        self._prof: list[dict[str, Any]] = []
+        self._cold_t: dict[int, tuple[float, float]] = {}
         ge = torch.Generator().manual_seed(seed + 2)
         self._embed = torch.randn(64, h, generator=ge).to(self.device, self.dtype)
 
@@ -556,6 +562,13 @@ class MoEEngine:
         """CPU experts of one layer (runs on the worker thread); result in the layer's host buffer."""
         if ev is not None:
             ev.synchronize()  # the layer input has arrived in pinned memory
+        t_start = time.perf_counter() if self.instrument else 0.0
+        y = self._cold_compute(layer, experts, w)
+        if self.instrument:
+            self._cold_t[layer] = (t_start, time.perf_counter())
+        return y
+
+    def _cold_compute(self, layer: int, experts: list[int], w: list[float]) -> torch.Tensor:
         a = self._x_host[layer]
         ff, gu_n = self.shape.expert_ff, self._gu
         h = self.shape.hidden
@@ -591,10 +604,19 @@ class MoEEngine:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         st = self.streams
+        prof = self.instrument and mode == "cold-cpu"
+        t0 = time.perf_counter() if prof else 0.0
+        evs: dict[str, Any] = {}
+        if prof and st.cuda:
+            evs["start"] = torch.cuda.Event(enable_timing=True)
+            evs["start"].record()
         if st.cuda and self._ready[layer] is not None:
             assert st.compute is not None
             st.compute.wait_event(self._ready[layer])
             self._ready[layer] = None
+        if prof and st.cuda:
+            evs["ready"] = torch.cuda.Event(enable_timing=True)
+            evs["ready"].record()
         a = self._dense(layer, x)
         ids = [int(e) for e in experts]
         ws = [float(v) for v in weights]
@@ -629,19 +651,41 @@ class MoEEngine:
             if order:
                 out = out + self._grouped(layer, a, *self._index(order, slots, ids, ws))
             return out, stats
+        if prof and st.cuda:
+            evs["dense"] = torch.cuda.Event(enable_timing=True)
+            evs["dense"].record()
+        t_dense = time.perf_counter() if prof else 0.0
         fut = None
+        t_submit = 0.0
         if cold_i:
             ev = None
             self._x_host[layer].copy_(a, non_blocking=st.cuda)
             if st.cuda:
                 ev = st.event()
                 ev.record(st.compute)
+            t_submit = time.perf_counter() if prof else 0.0
             fut = self._worker.submit(self._cold, layer, ev, [ids[i] for i in cold_i], [ws[i] for i in cold_i])
+        t_hot0 = time.perf_counter() if prof else 0.0
         if hot_i:
             out = out + self._grouped(layer, a, *self._index(hot_i, [int(slot_of[ids[i]]) for i in hot_i], ids, ws))
+        if prof and st.cuda:
+            evs["hot"] = torch.cuda.Event(enable_timing=True)
+            evs["hot"].record()
+        t_hot1 = time.perf_counter() if prof else 0.0
         if fut is not None:
             y = fut.result()  # the one hand-off of the layer
+            t_got = time.perf_counter() if prof else 0.0
             out = out + y.to(self.device, non_blocking=st.cuda)
+        if prof:
+            t_end = time.perf_counter()
+            rec: dict[str, Any] = {"layer": layer, "hot": stats["hot_distinct"], "cold": stats["cold_distinct"],
+                                   "host_dense_us": (t_dense - t0) * 1e6, "host_hot_issue_us": (t_hot1 - t_hot0) * 1e6,
+                                   "host_layer_us": (t_end - t0) * 1e6, "events": evs}
+            if fut is not None:
+                c0, c1 = self._cold_t.pop(layer)
+                rec.update(cold_start_latency_us=(c0 - t_submit) * 1e6, cold_us=(c1 - c0) * 1e6,
+                           wait_cold_us=(t_got - t_hot1) * 1e6, handback_us=(t_end - t_got) * 1e6)
+            self._prof.append(rec)
         return out, stats
 
     def _index(self, order: list[int], slots: list[int], ids: list[int], ws: list[float]) -> tuple[torch.Tensor, ...]:
@@ -692,6 +736,8 @@ class MoEEngine:
         rec: dict[str, list[Any]] = {k: [] for k in (
             "steps", "wall", "tokens", "sel", "hit", "hot", "cold", "up", "bytes", "layers")}
         n_decode = 0
+        layer_prof: list[dict[str, Any]] = []
+        self._prof = []
         limit = None if max_decode_steps is None else warmup + int(max_decode_steps)
         for s in range(schedule.n_steps):
             step_ev = ev[ev_starts[s]: ev_starts[s + 1]] if ev_starts is not None else ev[:0]
@@ -715,9 +761,14 @@ class MoEEngine:
                     for k in tot:
                         tot[k] += c[k]
                     hit_layers[layer] += c["hit_sel"]
+            t_up = time.perf_counter()
             n_up, up_bytes = self.apply_uploads(step_ev, blocking=schedule.blocking_uploads, mode=mode)
+            t_up = time.perf_counter() - t_up
             self.streams.sync_compute()
             wall = time.perf_counter() - t0
+            if self.instrument:
+                layer_prof.append(_resolve_profile(self._prof, step=s, upload_issue_us=t_up * 1e6))
+                self._prof = []
             rec["steps"].append(s)
             rec["wall"].append(wall)
             rec["tokens"].append(int(b[s + 1] - b[s]))
@@ -750,6 +801,7 @@ class MoEEngine:
             hit_sel_layers=np.asarray(rec["layers"], np.int64).reshape(-1, sh.n_layers),
             info={"pinned": self.pinned, "cpu_threads": self.cpu_threads, "dtype": str(self.dtype),
                   "expert_dtype": self.expert_dtype},
+            layer_profile=layer_prof,
         )
 
     def close(self) -> None:
@@ -792,3 +844,34 @@ def _host_unregister(t: torch.Tensor) -> None:
         torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
     except Exception:  # noqa: BLE001
         pass
+
+
+#: per-layer quantities an instrumented step reports (microseconds), summed over the step's layers
+PROFILE_KEYS = ("host_dense_us", "host_hot_issue_us", "host_layer_us", "cold_start_latency_us", "cold_us",
+                "wait_cold_us", "handback_us", "gpu_ready_wait_us", "gpu_dense_us", "gpu_hot_us")
+
+
+def _resolve_profile(recs: list[dict[str, Any]], *, step: int, upload_issue_us: float) -> dict[str, Any]:
+    """One instrumented step (after its synchronize): per-layer records with the CUDA event times read out,
+    and their sums over layers (``totals``, keys :data:`PROFILE_KEYS`, microseconds).
+
+    Host times (``time.perf_counter``): ``host_dense_us`` issuing the dense part and shared expert,
+    ``host_hot_issue_us`` issuing the grouped call, ``host_layer_us`` the whole layer call,
+    ``cold_start_latency_us`` from submitting the CPU op to the worker starting it (after the input event),
+    ``cold_us`` the CPU op, ``wait_cold_us`` the decode thread waiting for it after issuing the hot call,
+    ``handback_us`` adding the result. GPU times (CUDA events on the compute stream): ``gpu_ready_wait_us``
+    waiting for the layer's overlapped uploads, ``gpu_dense_us`` the dense part, ``gpu_hot_us`` the index
+    upload + grouped call. ``upload_issue_us``: issuing the step's uploads (with blocking uploads, their
+    copies and synchronizes)."""
+    layers = []
+    tot = {k: 0.0 for k in PROFILE_KEYS}
+    for r in recs:
+        evs = r.pop("events", {})
+        if evs:
+            r["gpu_ready_wait_us"] = evs["start"].elapsed_time(evs["ready"]) * 1e3
+            r["gpu_dense_us"] = evs["ready"].elapsed_time(evs["dense"]) * 1e3
+            r["gpu_hot_us"] = evs["dense"].elapsed_time(evs["hot"]) * 1e3
+        for k in PROFILE_KEYS:
+            tot[k] += float(r.get(k, 0.0))
+        layers.append(r)
+    return {"step": int(step), "upload_issue_us": float(upload_issue_us), "totals": tot, "layers": layers}

@@ -183,9 +183,15 @@ def validate(
     seed: int = 0,
     compare_hardware: Sequence[Any] = (),
     intervals: Mapping[str, Mapping[str, Any]] | None = None,
+    instrument: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every configuration live and simulated; write ``validation.json`` and the plot into ``out``.
+
+    ``instrument``: after the timed repetitions, one more run of every configuration with the engine's
+    per-layer instrumentation (CUDA events and host timestamps, :func:`hotexperts.runtime.engine._resolve_profile`);
+    its per-token means are written as ``measured_parts_ms_per_token`` beside the predicted terms (that run
+    is not in the measured tok/s: timing every layer perturbs it; its own tok/s is ``instrumented_tok_s``).
 
     ``repeats`` runs of every configuration, interleaved: each repetition runs all configurations in its
     own random order (seeded by ``seed``), so a drift of the machine spreads over all of them; the measured
@@ -257,6 +263,19 @@ def validate(
                 runs[i].append(run)
                 say(f"validate: rep {rep + 1}/{repeats} [{j + 1}/{len(cfgs)}] {c.name:28s} measured "
                     f"{run.tok_s:7.2f} tok/s")
+        parts: dict[int, dict[str, Any]] = {}
+        if instrument:
+            eng.instrument = True
+            for i, c in enumerate(cfgs):
+                run = eng.run(prep[i][3], mode=c.mode, warmup=warmup)
+                prof = [p for p, m in zip(run.layer_profile, run.measured) if m]
+                ntok = max(1, int(run.tokens[run.measured].sum()))
+                keys = list(prof[0]["totals"]) if prof else []
+                per = {k: sum(p["totals"][k] for p in prof) / ntok / 1e3 for k in keys}
+                per["upload_issue_us"] = sum(p["upload_issue_us"] for p in prof) / ntok / 1e3
+                parts[i] = {"instrumented_tok_s": run.tok_s, "ms_per_token": per}
+                say(f"validate: instrumented {c.name:28s} {run.tok_s:7.2f} tok/s")
+            eng.instrument = False
     finally:
         eng.close()
 
@@ -322,6 +341,9 @@ def validate(
         }
         if shifts is not None:
             row["interval_shift_pct"] = {p: shifts[p][c.name] for p in shifts}
+        if i in parts:
+            row["instrumented_tok_s"] = parts[i]["instrumented_tok_s"]
+            row["measured_parts_ms_per_token"] = {k.replace("_us", ""): v for k, v in parts[i]["ms_per_token"].items()}
         rows.append(row)
         say(f"validate: [{i + 1}/{len(cfgs)}] {c.name:28s} measured {meas:7.2f} +- {sd:5.2f} tok/s  predicted "
             f"{pred_tok_s:7.2f} ({row['error_pct']:+6.1f} %)  hit {run.hit_rate:.3f}/{pred_hit:.3f}")

@@ -307,3 +307,63 @@ def test_offline_predictions_equal_validate_and_the_cli_passes_the_profile_path(
         main(["validate", str(tmp_path / "t.hxt"), "--model", "qwen3.5-122b-a10b-q4_k_l", "--hardware", str(hw_path),
               "--out", str(tmp_path / "o"), "--device", "cpu", "--repeats", "3", "--compare-hardware", str(hw_path)])
     assert seen["hardware"] == str(hw_path) and seen["repeats"] == 3 and seen["compare_hardware"] == [str(hw_path)]
+
+
+def test_instrumented_run_computes_the_same_and_records_every_layer():
+    """Per-layer instrumentation (issue 12, item 1; CPU here, so host timestamps only): the same outputs and
+    counters as an uninstrumented run, one record per computed layer, CPU-op times exactly where a layer has
+    cold experts, and step totals that are the sums of the layer records."""
+    from hotexperts.policies import make_policy
+    from hotexperts.runtime.engine import PROFILE_KEYS, EngineShape, MoEEngine, Schedule
+    from hotexperts.sim.replay import replay
+
+    shape = EngineShape(hidden=32, expert_ff=16, n_expert=12, top_k=3, n_layers=3, shared_ff=8,
+                        dense_bytes_per_layer=32 * 32 * 4 * 2, dtype="fp32")
+    tr = _trace(10)
+    rr = replay(tr, make_policy("lru"), 4, record_events=True)
+    sched = Schedule.from_replay(tr, rr)
+    eng = MoEEngine(shape, device="cpu", compute_dtype=torch.float32, cpu_threads=1, seed=3)
+    try:
+        plain = eng.run(sched, warmup=2)
+        x = eng.token_input(5)
+        ref, _ = eng.forward_layer(0, x, [0, 5, 9], [0.5, 0.3, 0.2])
+        eng.instrument = True
+        got, _ = eng.forward_layer(0, x, [0, 5, 9], [0.5, 0.3, 0.2])
+        assert torch.equal(got, ref)
+        eng._prof = []
+        inst = eng.run(sched, warmup=2)
+    finally:
+        eng.close()
+    assert plain.layer_profile == [] and len(inst.layer_profile) == len(inst.steps)
+    for name in ("sel", "hit_sel", "hot_distinct", "cold_distinct", "uploads", "upload_bytes"):
+        assert np.array_equal(getattr(inst, name), getattr(plain, name)), name
+    for step, cold in zip(inst.layer_profile, inst.cold_distinct):
+        layers = step["layers"]
+        assert len(layers) == 3 and sum(r["cold"] for r in layers) == cold
+        for r in layers:
+            assert r["host_layer_us"] > 0 and "events" not in r
+            assert ("cold_us" in r) == (r["cold"] > 0)
+            if r["cold"]:
+                assert r["cold_us"] > 0 and r["cold_start_latency_us"] >= 0 and r["wait_cold_us"] >= 0
+        for k in PROFILE_KEYS:
+            assert step["totals"][k] == pytest.approx(sum(r.get(k, 0.0) for r in layers))
+        assert step["upload_issue_us"] >= 0
+
+
+def test_validate_instrument_writes_measured_parts(tmp_path):
+    from hotexperts.runtime.calibrate import calibrate, write_profile
+    from hotexperts.runtime.validate import validate
+
+    spec = _tiny_spec()
+    cal = calibrate(model=spec, n_layers=3, dtype="fp32", device="cpu", cpu_threads=1, reps=2, rounds=3,
+                    dram_gib=1 / 64, log=lambda m: None)
+    write_profile(cal, tmp_path / "hw.json")
+    cfgs = [LiveConfig("all-cpu", "all-cpu"), LiveConfig("lru", "lru", {}, 4)]
+    res = validate(trace=_trace(10), model=spec, hardware=str(tmp_path / "hw.json"), out=tmp_path / "v",
+                   configs=cfgs, n_layers=3, dtype="fp32", tokens=6, warmup=2, device="cpu", cpu_threads=1,
+                   instrument=True, log=lambda m: None)
+    for r in res["configs"]:
+        parts = r["measured_parts_ms_per_token"]
+        assert parts["cold"] > 0 and parts["host_layer"] >= parts["cold"] and r["instrumented_tok_s"] > 0
+    assert res["configs"][0]["measured_parts_ms_per_token"]["host_hot_issue"] < \
+        res["configs"][0]["measured_parts_ms_per_token"]["cold"]  # all-cpu issues no grouped call
