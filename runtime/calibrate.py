@@ -109,6 +109,8 @@ EXTRA_QUANTITIES = (
     "layer_mixed_half_hot_us",
     "cpu_bw_in_layer",
     "handoff_intercept_us",
+    "dense_issue_alone_us",
+    "dense_issue_beside_cpu_us",
 )
 #: values used where a part cannot be measured (no GPU): the old calibrate's defaults
 _NO_GPU = {"pcie_pinned_bw": 50.0, "pcie_pageable_bw": 10.0, "upload_layer_fixed_us": 20.0, "miss_sync_us": 0.0,
@@ -258,6 +260,9 @@ def derive_round(m: Mapping[str, Any], c: Mapping[str, Any]) -> dict[str, float]
         layer_cold_k_us=cold[max(cold)] * 1e6,
         layer_mixed_half_hot_us=float(m["mixed_s"]) * 1e6,
     )
+    if "dense_issue_alone_s" in m:
+        out["dense_issue_alone_us"] = float(m["dense_issue_alone_s"]) * 1e6
+        out["dense_issue_beside_cpu_us"] = float(m["dense_issue_beside_cpu_s"]) * 1e6
     return out
 
 
@@ -517,6 +522,37 @@ def calibrate(
             m["all_hot_s"] = _pipelined(lambda: eng.forward_layer(0, x_dev, ids, [1.0 / k] * k), reps * 2, sync=sync)
             m["token_s"] = _median(lambda: eng.token_input(int(rng.integers(64))), reps * 2, sync=sync)
 
+        def b_dense_beside(m: dict[str, Any]) -> None:
+            # diagnostic for issue 12, item 2: the host time to issue one dense part (+ shared expert) alone
+            # and while the CPU op of k experts runs on the worker's threads (the decode loop issues it so);
+            # no sync between the calls: host issue time, as the instrumented decode loop's host_dense
+            def dense_layer() -> None:
+                a2 = eng._dense(0, x_dev)
+                y = eng._shared(0, a2)
+                _ = a2 + y if y is not None else a2
+
+            dense_layer()
+            if sync is not None:
+                sync()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                dense_layer()
+            m["dense_issue_alone_s"] = (time.perf_counter() - t0) / reps
+            if sync is not None:
+                sync()
+            ids = [int(x) for x in rng.choice(E, k, replace=False)]
+            fut = eng._worker.submit(eng._cold, 0, None, ids, [1.0 / k] * k)
+            cnt, t0 = 0, time.perf_counter()
+            while True:
+                dense_layer()
+                cnt += 1
+                if fut.done() or cnt >= 10 * reps:
+                    break
+            m["dense_issue_beside_cpu_s"] = (time.perf_counter() - t0) / cnt
+            fut.result()
+            if sync is not None:
+                sync()
+
         def b_cold_layers(m: dict[str, Any]) -> None:
             out = {}
             for n in rng.permutation(sorted({1, max(1, k // 2), k})):
@@ -584,7 +620,7 @@ def calibrate(
 
         benches: dict[str, Callable[[dict[str, Any]], None]] = {
             "h2d": b_h2d, "cpu": b_cpu, "gpu": b_gpu, "handoff": b_handoff, "dense": b_dense,
-            "cold_layers": b_cold_layers, "miss": b_miss, "mixed": b_mixed, "dram": b_dram, "contention": b_contention,
+            "dense_beside": b_dense_beside, "cold_layers": b_cold_layers, "miss": b_miss, "mixed": b_mixed, "dram": b_dram, "contention": b_contention,
         }
         names = list(benches)
         for r in range(rounds):

@@ -99,6 +99,9 @@ def test_derive_round_recovers_the_parameters_it_was_built_from():
     # the in-layer line of the cold layers has the isolated op's slope here, and the hand-off as intercept
     assert got["cpu_bw_in_layer"] == pytest.approx(62.0, rel=1e-6)
     assert got["handoff_intercept_us"] == pytest.approx(700.0, rel=1e-6)
+    assert "dense_issue_beside_cpu_us" not in got  # a round without that microbenchmark
+    with_issue = derive_round({**_synthetic_round(p, c), "dense_issue_alone_s": 2e-4, "dense_issue_beside_cpu_s": 6e-4}, c)
+    assert (with_issue["dense_issue_alone_us"], with_issue["dense_issue_beside_cpu_us"]) == pytest.approx((200.0, 600.0))
     # without a GPU the GPU-only parts take the documented defaults
     cpu = derive_round(_synthetic_round(p, c), {**c, "cuda": False})
     assert (cpu["pcie_pinned_bw"], cpu["upload_contention"], cpu["miss_sync_us"]) == (50.0, 0.0, 0.0)
@@ -182,6 +185,9 @@ def test_calibrate_writes_intervals_rounds_and_shifts(tmp_path):
     assert set(flagged) == moved and moved
     assert any(line.startswith("calibrate: WIDE ") for line in lines)
     assert load_intervals(hw_path) == raw["intervals"]
+    # the diagnostics, e.g. the dense part's host issue alone and beside the running CPU op, have intervals too
+    for q in ("dense_issue_alone_us", "dense_issue_beside_cpu_us", "layer_mixed_half_hot_us", "cpu_bw_in_layer"):
+        assert raw["extra_intervals"][q]["n"] == 5 and raw["extra_intervals"][q]["value"] > 0, q
     assert load_intervals(tmp_path / "other.json") is None
 
 
