@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_path", "atomic_open", "write_text_atomic", "write_bytes_atomic"]
+__all__ = ["check_output", "atomic_path", "atomic_open", "write_text_atomic", "write_bytes_atomic"]
 
 
 def _umask() -> int:
@@ -27,15 +27,43 @@ def _umask() -> int:
 _NEW_FILE_MODE = 0o666 & ~_umask()
 
 
+def check_output(target: str | os.PathLike[str]) -> Path:
+    """The output file ``target`` as a Path; InputError for an empty or special path, a folder, or a parent
+    that is a file (checked before any work, so that nothing is computed for an output that cannot be written)."""
+    from hotexperts.errors import InputError
+
+    raw = os.fspath(target)
+    p = Path(raw)
+    if not raw.strip():
+        raise InputError(None, "empty output path: name a file")
+    if raw.strip() in (".", "..") or raw.endswith(os.sep):
+        raise InputError(raw, "not a file name: name a file to write")
+    if p.is_dir():
+        raise InputError(p, "is a directory: name a file to write")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(p, "cannot write: a parent is not a folder")
+            break
+    return p
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success rename it to ``target``.
 
     On an exception the temporary file is removed and the target is left untouched.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    from hotexperts.errors import InputError
+
+    target = check_output(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        why = "a parent is not a folder" if isinstance(exc, (FileExistsError, NotADirectoryError)) else (
+            exc.strerror or str(exc))
+        raise InputError(target, f"cannot write: {why}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -208,11 +208,14 @@ def _fmt(v: Any) -> str:
 def _run_sim(args: argparse.Namespace) -> int:
     import math
 
+    from hotexperts._atomic import check_output
     from hotexperts.errors import InputError
     from hotexperts.modelspec import KV_TYPE_BYTES, load_model_spec
     from hotexperts.sim.hardware import load_hardware
     from hotexperts.sim.simulate import simulate
 
+    if args.timeline is not None:
+        check_output(args.timeline)
     if args.vram_gb is not None and (not math.isfinite(args.vram_gb) or args.vram_gb <= 0):
         raise InputError(None, f"--vram-gb must be a positive number, got {args.vram_gb}")
     if args.context is not None and args.context < 0:
@@ -257,7 +260,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         return 0
     slots = _slots(args.hot_k, pol)
     r = simulate(trace, model, hw, pol, slots, **common)
-    if args.timeline:
+    if args.timeline is not None:
         _write_timeline(args.timeline, r)
     if args.json:
         print(json.dumps(r.to_json(), indent=2))

@@ -100,3 +100,19 @@ def test_every_command_refuses_bad_inputs_in_one_line(bad, tmp_path, kind):
         assert len(lines) == 1 and lines[0].startswith("hotexperts: error:") and str(bad[kind]) in lines[0], \
             f"{name} on {kind}: {r.stderr}"
     assert not any(tmp_path.iterdir()), "a refused command left output behind"
+
+
+def test_bad_output_paths_are_one_line(sources, tmp_path):
+    src = str(sources["hxt"])
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    for out in ("", str(tmp_path / "file" / "sub.hxt"), str(tmp_path / "dir")):
+        for args in (["trace", "export", src, "--format", "csv", "--out", out],
+                     ["trace", "synth", "--like", src, "--tokens", "32", "--out", out],
+                     ["trace", "synth", "--like", src, "--tokens", "32", "--out", str(tmp_path / "ok.hxt"),
+                      "--save-params", out],
+                     ["sim", src, "--model", MODEL, *HW, "--policy", "lru", "--hot-k", "4", "--timeline", out],
+                     ["trace", "import", str(sources["csv"]), "--out", out]):
+            r = cli(*args)
+            assert r.returncode == 1 and r.stderr.count("\n") == 1 and "error" in r.stderr, (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]

@@ -104,8 +104,10 @@ def export_trace(trace: Trace, path: str | os.PathLike[str], *, format: str) -> 
 
 
 def export_from_args(args: argparse.Namespace) -> int:
+    from hotexperts._atomic import check_output
     from hotexperts.tracer.importers import load_any
 
+    check_output(args.out)
     tr = load_any(args.trace, n_expert=getattr(args, "n_expert", None))
     export_trace(tr, args.out, format=args.format)
     print(f"hotexperts: wrote {args.format} of {args.trace} ({tr.n_tokens} tokens) to {args.out}", file=sys.stderr)

@@ -100,6 +100,9 @@ def _emit(caught: list[warnings.WarningMessage]) -> None:
 
 def import_from_args(args: argparse.Namespace) -> int:
     """The ``trace import`` command: write a ``.hxt`` trace, or for ``fork-log`` a JSON run summary."""
+    from hotexperts._atomic import check_output
+
+    check_output(args.out)
     fmt = args.format
     if fmt == "auto":
         fmt = detect_format(args.src)

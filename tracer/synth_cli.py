@@ -40,9 +40,13 @@ def add_synth_parser(tsub: Any) -> None:
 
 
 def synth_from_args(args: argparse.Namespace) -> int:
+    from hotexperts._atomic import check_output
     from hotexperts.errors import InputError
     from hotexperts.tracer.synth import SynthParams, fit_synth, params_for_model, sample_synth
 
+    check_output(args.out)
+    if args.save_params is not None:
+        check_output(args.save_params)
     meta: dict[str, Any] = {}
     moe_layers = None
     if args.like:
@@ -69,7 +73,7 @@ def synth_from_args(args: argparse.Namespace) -> int:
         meta["model"] = spec.to_dict()
     else:
         params = SynthParams.load(args.params)
-    if args.save_params:
+    if args.save_params is not None:
         params.save(args.save_params)
     if args.tokens < 1:
         raise InputError(None, f"--tokens must be positive, got {args.tokens}")
