@@ -1,0 +1,128 @@
+"""``lru-textbook``: plain least-recently-used caching, one request per routed selection (the LRU of the
+textbooks and of libCacheSim; not the throttled LRU of llama.cpp PR #27861, which is ``lru``).
+
+Per layer, every routed selection of a present (token, layer) entry is one request, in trace order
+(token, then rank), prefill and decode alike. A request finds its expert resident (a hit) or not (a miss);
+a hit makes the expert the most recently used; a miss uploads it at once — into the lowest empty slot,
+else into the slot of the least recently used expert — so a later request of the same step can hit it.
+No bypass, no insert budget. Equal to libCacheSim's ``LRU`` fed each layer's requests with unit sizes
+(tests check it), and to the per-layer LRU of ``tools/expert_cache_sim.py`` (pmains/kimi-linear-48b-ssd-
+streaming) when every layer has the same slots.
+
+Statistics (the request model differs from the step model of docs/policies.md): ``hit_sel`` counts
+hits at the request; ``hot_distinct`` / ``cold_distinct`` classify each distinct expert of the step by
+its first request; ``uploads`` counts misses when K > 0; ``uploads_missed`` counts each expert at most
+once per step (uploads of experts whose first request in the step missed). Uploads recorded at step
+``s`` serve later requests of step ``s`` too. :func:`hotexperts.sim.curves.lru_curve` gives the hits of
+every K in one pass.
+
+Parameters: none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from numba import njit
+
+from hotexperts.policies._engine import COLD, HIT, HOT, SEL, UP, UPM, Policy
+
+__all__ = ["LruTextbook"]
+
+
+@dataclass(frozen=True)
+class LruTextbook(Policy):
+    """Textbook LRU: every selection is a request, every miss is inserted."""
+
+    name: ClassVar[str] = "lru-textbook"
+    blocking_uploads: ClassVar[bool] = False
+    label_keys: ClassVar[dict[str, str]] = {}
+
+    def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
+        return int(
+            lru_textbook_kernel(prep.experts, prep.present, prep.has_present, prep.bounds, prep.n_expert,
+                                slots.astype(np.int64), stats, resident, slot_of, ev)
+        )
+
+
+@njit(cache=True, nogil=True)
+def lru_textbook_kernel(experts, present, has_present, bounds, n_expert, slots, stats, resident, slot_of, ev):
+    # NOTE: recency is a per-layer clock stamped into the touched slot; the victim is the slot with the
+    # smallest stamp (a scan over K slots, only on a miss with a full layer).
+    n_steps = bounds.size - 1
+    n_layers = experts.shape[1]
+    top_k = experts.shape[2]
+    max_slots = resident.shape[1]
+    last = np.zeros(max(max_slots, 1), np.int64)
+    mark = np.zeros(n_expert, np.int32)
+    n_ev = 0
+    for ly in range(n_layers):
+        k = slots[ly]
+        filled = 0
+        clk = 0
+        mark[:] = 0
+        for s in range(n_steps):
+            st = np.int32(s + 1)
+            m = 0
+            n_hit = 0
+            n_hot = 0
+            nd = 0
+            n_up = 0
+            n_upm = 0
+            for t in range(bounds[s], bounds[s + 1]):
+                if has_present and not present[t, ly]:
+                    continue
+                m += 1
+                for j in range(top_k):
+                    e = np.intp(experts[t, ly, j])
+                    slot = slot_of[ly, e]
+                    clk += 1
+                    if (mark[e] >> 1) != st:
+                        nd += 1
+                        if slot >= 0:
+                            mark[e] = 2 * st
+                            n_hot += 1
+                        else:
+                            mark[e] = 2 * st + 1
+                    if slot >= 0:
+                        n_hit += 1
+                        last[slot] = clk
+                        continue
+                    if k <= 0:
+                        continue
+                    if filled < k:
+                        slot = filled
+                        filled += 1
+                    else:
+                        slot = 0
+                        best = last[0]
+                        for q in range(1, k):
+                            if last[q] < best:
+                                best = last[q]
+                                slot = q
+                    old = resident[ly, slot]
+                    if old >= 0:
+                        slot_of[ly, old] = -1
+                    resident[ly, slot] = e
+                    slot_of[ly, e] = slot
+                    last[slot] = clk
+                    n_up += 1
+                    if mark[e] == 2 * st + 1:
+                        n_upm += 1
+                        mark[e] = 2 * st  # count each expert once per step
+                    if n_ev < ev.shape[0]:
+                        ev[n_ev, 0] = s
+                        ev[n_ev, 1] = ly
+                        ev[n_ev, 2] = slot
+                        ev[n_ev, 3] = e
+                        ev[n_ev, 4] = old
+                    n_ev += 1
+            stats[SEL, s, ly] = m * top_k
+            stats[HIT, s, ly] = n_hit
+            stats[HOT, s, ly] = n_hot
+            stats[COLD, s, ly] = nd - n_hot
+            stats[UP, s, ly] = n_up
+            stats[UPM, s, ly] = n_upm
+    return n_ev

@@ -1,0 +1,201 @@
+"""Whole hit-rate curves in one pass: Mattson's stack algorithm for textbook LRU and OPT.
+
+Mattson, Gecsei, Slutz and Traiger, "Evaluation techniques for storage hierarchies", IBM Systems
+Journal 9(2), 1970: LRU and OPT (Belady's MIN with insert on every miss) are *stack algorithms* — the
+content of a cache of K slots is always the top K entries of one priority stack — so one pass that
+records at which stack depth every request is found gives the hits of every cache size at once:
+``hits(K) = #requests found at depth < K``.
+
+The request model is the textbook one of the ``lru-textbook`` and ``belady-textbook`` policies (and of
+libCacheSim): per layer, every routed selection of a present (token, layer) entry is one request, in
+trace order (token, then rank); a hit is checked at the request; a miss is inserted at once. Prefill
+tokens are requests like decode tokens. ``count`` picks which requests are *counted* (all, or only those
+of decode tokens); every request updates the stack either way.
+
+- LRU: the stack is recency order; the depth of a request is the number of distinct experts used since
+  its expert's previous use. Positions live in a small array (``uint8`` up to 256 experts): a request at
+  depth ``d`` adds one to every position ``< d`` — one branch-free, vectorised pass over the experts.
+- OPT: the stack is ordered by priority = next use (sooner = higher); a request at depth ``d`` moves to
+  the top and, going down levels ``1 .. d - 1``, the entry with the later next use is carried one level
+  further down (Mattson's OPT update). Next uses come from one backward pass per layer.
+
+Layers are independent: both run layers in parallel threads (numba ``prange``; the thread count is
+numba's, ``numba.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit, prange
+
+from hotexperts.tracer.trace import PHASE_DECODE, Trace
+
+__all__ = ["accesses_per_layer", "lru_curve", "opt_curve"]
+
+
+def _weights(trace: Trace, count: str) -> np.ndarray:
+    if count == "all":
+        return np.ones(trace.n_tokens, np.uint8)
+    if count == "decode":
+        return (trace.phase == PHASE_DECODE).astype(np.uint8)
+    raise ValueError(f"count must be 'all' or 'decode', got {count!r}")
+
+
+def _present(trace: Trace) -> tuple[np.ndarray, bool]:
+    if trace.present is None or bool(trace.present.all()):
+        return np.ones((1, 1), np.bool_), False
+    return np.ascontiguousarray(trace.present, np.bool_), True
+
+
+def accesses_per_layer(trace: Trace, *, count: str = "all") -> np.ndarray:
+    """``(n_layers,)`` int64: the counted requests (selections) per layer, the denominator of a curve."""
+    w = _weights(trace, count).astype(np.int64)
+    present = np.ones((trace.n_tokens, trace.n_layers), bool) if trace.present is None else trace.present
+    return (w @ present.astype(np.int64)) * trace.top_k
+
+
+def _finish(hist: np.ndarray, ks: Sequence[int] | None, n_expert: int) -> np.ndarray:
+    hits = np.zeros((hist.shape[0], n_expert + 1), np.int64)
+    np.cumsum(hist[:, :n_expert], axis=1, out=hits[:, 1:])
+    if ks is None:
+        return hits
+    idx = np.asarray([int(k) for k in ks], np.int64)
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) > n_expert):
+        raise ValueError(f"ks must lie in 0 .. n_expert ({n_expert})")
+    return hits[:, idx]
+
+
+def lru_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "all") -> np.ndarray:
+    """Textbook LRU hits per layer for every cache size, in one pass.
+
+    Returns ``(n_layers, n_expert + 1)`` int64 (column ``K`` = hits with ``K`` slots per layer), or
+    ``(n_layers, len(ks))`` for the sizes ``ks``. Equal to replaying ``lru-textbook`` at each K.
+    """
+    ex = np.ascontiguousarray(trace.experts)
+    present, has_present = _present(trace)
+    if trace.n_expert <= 256:
+        init = np.full(trace.n_expert, 255, np.uint8)
+    else:
+        init = np.full(trace.n_expert, 65535, np.uint16)
+    hist = _lru_hist(ex, present, has_present, _weights(trace, count), trace.n_expert, init)
+    return _finish(hist, ks, trace.n_expert)
+
+
+def opt_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "all") -> np.ndarray:
+    """Textbook OPT (Belady's MIN, insert on every miss) hits per layer for every cache size, in one pass.
+
+    Same shapes as :func:`lru_curve`; equal to replaying ``belady-textbook`` at each K.
+    """
+    ex = np.ascontiguousarray(trace.experts)
+    present, has_present = _present(trace)
+    hist = _opt_hist(ex, present, has_present, _weights(trace, count), trace.n_expert)
+    return _finish(hist, ks, trace.n_expert)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _lru_hist(experts, present, has_present, weight, n_expert, init):
+    # NOTE: hist[ly, d] counts requests found at depth d; column n_expert = first uses (never hits).
+    # A position array of the experts' own dtype keeps the depth update one vectorised compare-and-add:
+    # unseen experts hold the sentinel (255 / 65535), which is >= every depth while any is unseen.
+    n_tokens = experts.shape[0]
+    n_layers = experts.shape[1]
+    top_k = experts.shape[2]
+    hist = np.zeros((n_layers, n_expert + 1), np.int64)
+    for ly in prange(n_layers):
+        pos = init.copy()
+        dv = init[:1].copy()
+        ns = 0
+        for t in range(n_tokens):
+            if has_present and not present[t, ly]:
+                continue
+            w = weight[t]
+            for j in range(top_k):
+                e = np.intp(experts[t, ly, j])
+                p = np.int64(pos[e])
+                if p < ns:
+                    d = p
+                    hist[ly, p] += w
+                else:
+                    d = ns
+                    ns += 1
+                    hist[ly, n_expert] += w
+                if d > 0:
+                    dv[0] = d
+                    dd = dv[0]
+                    for i in range(n_expert):
+                        pos[i] += pos[i] < dd
+                pos[e] = 0
+    return hist
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _opt_hist(experts, present, has_present, weight, n_expert):
+    n_tokens = experts.shape[0]
+    n_layers = experts.shape[1]
+    top_k = experts.shape[2]
+    hist = np.zeros((n_layers, n_expert + 1), np.int64)
+    for ly in prange(n_layers):
+        n_acc = 0
+        for t in range(n_tokens):
+            if not has_present or present[t, ly]:
+                n_acc += top_k
+        inf = n_acc  # "never used again"
+        # next use of every request (index into this layer's request sequence), one backward pass
+        nxt = np.empty(n_acc, np.int32)
+        last = np.full(n_expert, inf, np.int32)
+        i = n_acc
+        for t in range(n_tokens - 1, -1, -1):
+            if has_present and not present[t, ly]:
+                continue
+            for j in range(top_k - 1, -1, -1):
+                i -= 1
+                e = np.intp(experts[t, ly, j])
+                nxt[i] = last[e]
+                last[e] = i
+        sid = np.zeros(n_expert + 1, np.int64)
+        snu = np.zeros(n_expert + 1, np.int32)
+        pos = np.full(n_expert, -1, np.int64)
+        ns = 0
+        i = 0
+        for t in range(n_tokens):
+            if has_present and not present[t, ly]:
+                continue
+            w = weight[t]
+            for j in range(top_k):
+                e = np.intp(experts[t, ly, j])
+                nu = nxt[i]
+                i += 1
+                d = pos[e]
+                if d < 0:
+                    d = ns
+                    ns += 1
+                    hist[ly, n_expert] += w
+                else:
+                    hist[ly, d] += w
+                if d == 0:  # a hit on the top entry, or the layer's first request
+                    sid[0] = e
+                    snu[0] = nu
+                    pos[e] = 0
+                    continue
+                # Mattson's OPT update: e to the top; going down, the entry with the later next use is
+                # carried one level further, until it fills e's old level (or the new bottom)
+                cid = sid[0]
+                cnu = snu[0]
+                sid[0] = e
+                snu[0] = nu
+                pos[e] = 0
+                for q in range(1, d):
+                    v = snu[q]
+                    if v > cnu:
+                        vid = sid[q]
+                        sid[q] = cid
+                        snu[q] = cnu
+                        pos[cid] = q
+                        cid = vid
+                        cnu = v
+                sid[d] = cid
+                snu[d] = cnu
+                pos[cid] = d
+    return hist
