@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -79,7 +80,8 @@ def lru_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "al
         init = np.full(trace.n_expert, 255, np.uint8)
     else:
         init = np.full(trace.n_expert, 65535, np.uint16)
-    hist = _lru_hist(ex, present, has_present, _weights(trace, count), trace.n_expert, init)
+    n_chunks = max(1, min(trace.n_layers, numba.get_num_threads()))
+    hist = _lru_hist(ex, present, has_present, _weights(trace, count), trace.n_expert, init, n_chunks)
     return _finish(hist, ks, trace.n_expert)
 
 
@@ -95,39 +97,56 @@ def opt_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "al
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _lru_hist(experts, present, has_present, weight, n_expert, init):
+def _lru_hist(experts, present, has_present, weight, n_expert, init, n_chunks):
     # NOTE: hist[ly, d] counts requests found at depth d; column n_expert = first uses (never hits).
-    # A position array of the experts' own dtype keeps the depth update one vectorised compare-and-add:
-    # unseen experts hold the sentinel (255 / 65535), which is >= every depth while any is unseen.
-    n_tokens = experts.shape[0]
+    # A position array of a narrow dtype keeps the depth update one vectorised compare-and-add: unseen
+    # experts hold the sentinel (255 / 65535), which is >= every depth while any expert is unseen.
+    # Token-outer within a chunk of layers (the chunks run in parallel): each token's row of the trace
+    # is read once per chunk, not once per layer.
     n_layers = experts.shape[1]
-    top_k = experts.shape[2]
     hist = np.zeros((n_layers, n_expert + 1), np.int64)
-    for ly in prange(n_layers):
-        pos = init.copy()
-        dv = init[:1].copy()
-        ns = 0
-        for t in range(n_tokens):
+    for c in prange(n_chunks):
+        lo = (n_layers * c) // n_chunks
+        hi = (n_layers * (c + 1)) // n_chunks
+        if n_expert == 256:
+            _lru_chunk(experts, present, has_present, weight, 256, init, lo, hi, hist)
+        else:
+            _lru_chunk(experts, present, has_present, weight, n_expert, init, lo, hi, hist)
+    return hist
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _lru_chunk(experts, present, has_present, weight, n_expert, init, lo, hi, hist):
+    n_tokens = experts.shape[0]
+    top_k = experts.shape[2]
+    pos = np.empty((hi - lo, init.size), init.dtype)
+    for ly in range(lo, hi):
+        pos[ly - lo, :] = init
+    ns = np.zeros(hi - lo, np.int64)
+    dv = init[:1].copy()
+    for t in range(n_tokens):
+        w = weight[t]
+        for ly in range(lo, hi):
             if has_present and not present[t, ly]:
                 continue
-            w = weight[t]
+            p_ = pos[ly - lo]
+            n_s = ns[ly - lo]
             for j in range(top_k):
                 e = np.intp(experts[t, ly, j])
-                p = np.int64(pos[e])
-                if p < ns:
+                p = np.int64(p_[e])
+                if p < n_s:
                     d = p
                     hist[ly, p] += w
                 else:
-                    d = ns
-                    ns += 1
+                    d = n_s
+                    n_s += 1
                     hist[ly, n_expert] += w
-                if d > 0:
-                    dv[0] = d
-                    dd = dv[0]
-                    for i in range(n_expert):
-                        pos[i] += pos[i] < dd
-                pos[e] = 0
-    return hist
+                dv[0] = d
+                dd = dv[0]
+                for i in range(n_expert):  # a constant trip count when n_expert is the literal 256
+                    p_[i] += p_[i] < dd
+                p_[e] = 0
+            ns[ly - lo] = n_s
 
 
 @njit(cache=True, nogil=True, parallel=True)
