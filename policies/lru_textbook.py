@@ -49,19 +49,21 @@ class LruTextbook(Policy):
 
 @njit(cache=True, nogil=True)
 def lru_textbook_kernel(experts, present, has_present, bounds, n_expert, slots, stats, resident, slot_of, ev):
-    # NOTE: recency is a per-layer clock stamped into the touched slot; the victim is the slot with the
-    # smallest stamp (a scan over K slots, only on a miss with a full layer).
+    # NOTE: recency is a doubly linked list over the layer's resident experts (most recent at the head):
+    # a hit moves its expert to the head, a miss with a full layer evicts the tail — O(1) per request.
     n_steps = bounds.size - 1
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
-    max_slots = resident.shape[1]
-    last = np.zeros(max(max_slots, 1), np.int64)
+    nil = n_expert
+    nxt = np.empty(n_expert + 1, np.int64)
+    prv = np.empty(n_expert + 1, np.int64)
     mark = np.zeros(n_expert, np.int32)
     n_ev = 0
     for ly in range(n_layers):
         k = slots[ly]
         filled = 0
-        clk = 0
+        head = nil
+        tail = nil
         mark[:] = 0
         for s in range(n_steps):
             st = np.int32(s + 1)
@@ -78,36 +80,50 @@ def lru_textbook_kernel(experts, present, has_present, bounds, n_expert, slots, 
                 for j in range(top_k):
                     e = np.intp(experts[t, ly, j])
                     slot = slot_of[ly, e]
-                    clk += 1
+                    hit = slot >= 0
                     if (mark[e] >> 1) != st:
                         nd += 1
-                        if slot >= 0:
-                            mark[e] = 2 * st
-                            n_hot += 1
-                        else:
-                            mark[e] = 2 * st + 1
-                    if slot >= 0:
+                        n_hot += np.int64(hit)
+                        mark[e] = 2 * st + np.int32(1) - np.int32(hit)
+                    if hit:
                         n_hit += 1
-                        last[slot] = clk
+                        if e != head:  # unlink, then push at the head
+                            a = prv[e]
+                            b = nxt[e]
+                            nxt[a] = b
+                            if b != nil:
+                                prv[b] = a
+                            else:
+                                tail = a
+                            nxt[e] = head
+                            prv[e] = nil
+                            prv[head] = e
+                            head = e
                         continue
                     if k <= 0:
                         continue
                     if filled < k:
                         slot = filled
                         filled += 1
+                        old = -1
                     else:
-                        slot = 0
-                        best = last[0]
-                        for q in range(1, k):
-                            if last[q] < best:
-                                best = last[q]
-                                slot = q
-                    old = resident[ly, slot]
-                    if old >= 0:
+                        old = tail
+                        slot = slot_of[ly, old]
+                        tail = prv[old]
+                        if tail != nil:
+                            nxt[tail] = nil
+                        else:
+                            head = nil
                         slot_of[ly, old] = -1
+                    nxt[e] = head
+                    prv[e] = nil
+                    if head != nil:
+                        prv[head] = e
+                    else:
+                        tail = e
+                    head = e
                     resident[ly, slot] = e
                     slot_of[ly, e] = slot
-                    last[slot] = clk
                     n_up += 1
                     if mark[e] == 2 * st + 1:
                         n_upm += 1
