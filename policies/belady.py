@@ -37,6 +37,7 @@ class Belady(Policy):
 
     name: ClassVar[str] = "belady"
     label_keys: ClassVar[dict[str, str]] = {}
+    layer_independent: ClassVar[bool] = True
 
     decode_only: bool = field(default=True, metadata={"help": "only decode steps are requests"})
     pp_bypass: int = field(default=0, metadata={"help": "steps with more tokens run the plain path (0 = off)"})

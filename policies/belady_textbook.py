@@ -37,6 +37,7 @@ class BeladyTextbook(Policy):
 
     name: ClassVar[str] = "belady-textbook"
     label_keys: ClassVar[dict[str, str]] = {}
+    layer_independent: ClassVar[bool] = True
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(

@@ -39,6 +39,7 @@ class LruTextbook(Policy):
     name: ClassVar[str] = "lru-textbook"
     blocking_uploads: ClassVar[bool] = False
     label_keys: ClassVar[dict[str, str]] = {}
+    layer_independent: ClassVar[bool] = True
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(
