@@ -238,21 +238,14 @@ class Evaluator:
     def layer_curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer LRU decode hit rates at a grid of slot counts (computed once)."""
         if self._curves is None:
-            from hotexperts.policies import make_policy
-            from hotexperts.sim.replay import replay
+            from hotexperts.sim.curves import accesses_per_layer, lru_curve
 
             ne = self.model.n_expert
             ks = sorted({0, *[k for k in (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if k < ne], ne})
-            curves = np.zeros((self.model.n_moe_layers, len(ks)))
-            pol = make_policy("lru", inserts=1_000_000)
-            for j, k in enumerate(ks):
-                if k == 0:
-                    continue
-                if k == ne:
-                    curves[:, j] = 1.0
-                    continue
-                rr = replay(self.trace, pol, k)
-                curves[:, j] = np.nan_to_num(np.asarray(rr.hit_rate_per_layer, np.float64))
+            # NOTE: textbook LRU (lru-textbook), every K in one stack pass, decode requests counted
+            hits = lru_curve(self.trace, ks, count="decode")
+            curves = hits / np.maximum(accesses_per_layer(self.trace, count="decode"), 1)[:, None]
+            curves[:, np.asarray(ks) == ne] = 1.0
             self._curves, self._curve_ks = curves, np.asarray(ks, np.float64)
         assert self._curve_ks is not None
         return self._curves, self._curve_ks
