@@ -290,7 +290,10 @@ def hit_curve(
 
 
 def warmup() -> float:
-    """Compile (or load from numba's cache) every policy kernel; returns the seconds it took."""
+    """Compile (or load from numba's cache) every policy kernel and the one-pass curves; returns the seconds
+    it took."""
+    from hotexperts.sim.curves import lru_curve, opt_curve
+
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     for dtype_n in (8, 300):  # uint8 and uint16 expert ids
@@ -304,4 +307,6 @@ def warmup() -> float:
             for name, cls in REGISTRY.items():
                 pol = cls(n_cpu_moe=1) if name == "layer-offload" else cls()  # type: ignore[call-arg]
                 replay(tr, pol, 2, record_events=True)
+            lru_curve(tr)
+            opt_curve(tr)
     return time.perf_counter() - t0
