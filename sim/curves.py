@@ -20,7 +20,10 @@ of decode tokens); every request updates the stack either way.
   further down (Mattson's OPT update). Next uses come from one backward pass per layer.
 
 Layers are independent: both run layers in parallel threads (numba ``prange``; the thread count is
-numba's, ``numba.set_num_threads``).
+numba's, ``numba.set_num_threads``). Both take a :class:`~hotexperts.tracer.trace.Trace` or a trace
+prepared for replay (:class:`~hotexperts.policies.Prepared`; there a step's phase is its first token's,
+as in :attr:`~hotexperts.sim.replay.ReplayResult.hit_rate`). :func:`hotexperts.sim.replay.hit_curve`
+uses them for ``lru-textbook`` and ``belady-textbook``.
 """
 
 from __future__ import annotations
@@ -31,30 +34,41 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from hotexperts.policies._engine import Prepared
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
 __all__ = ["accesses_per_layer", "lru_curve", "opt_curve"]
 
 
-def _weights(trace: Trace, count: str) -> np.ndarray:
+def _weights(trace: Trace | Prepared, count: str) -> np.ndarray:
+    if count not in ("all", "decode"):
+        raise ValueError(f"count must be 'all' or 'decode', got {count!r}")
+    if isinstance(trace, Prepared):
+        if count == "all":
+            return np.ones(trace.experts.shape[0], np.uint8)
+        # NOTE: a step's phase is its first token's (as in replay's decode hit rate)
+        return np.repeat((trace.step_phase == PHASE_DECODE).astype(np.uint8), trace.step_tokens)
     if count == "all":
         return np.ones(trace.n_tokens, np.uint8)
-    if count == "decode":
-        return (trace.phase == PHASE_DECODE).astype(np.uint8)
-    raise ValueError(f"count must be 'all' or 'decode', got {count!r}")
+    return (trace.phase == PHASE_DECODE).astype(np.uint8)
 
 
-def _present(trace: Trace) -> tuple[np.ndarray, bool]:
+def _present(trace: Trace | Prepared) -> tuple[np.ndarray, bool]:
+    if isinstance(trace, Prepared):
+        return trace.present, trace.has_present
     if trace.present is None or bool(trace.present.all()):
         return np.ones((1, 1), np.bool_), False
     return np.ascontiguousarray(trace.present, np.bool_), True
 
 
-def accesses_per_layer(trace: Trace, *, count: str = "all") -> np.ndarray:
+def accesses_per_layer(trace: Trace | Prepared, *, count: str = "all") -> np.ndarray:
     """``(n_layers,)`` int64: the counted requests (selections) per layer, the denominator of a curve."""
     w = _weights(trace, count).astype(np.int64)
-    present = np.ones((trace.n_tokens, trace.n_layers), bool) if trace.present is None else trace.present
-    return (w @ present.astype(np.int64)) * trace.top_k
+    n_tokens, n_layers, top_k = trace.experts.shape
+    present, has_present = _present(trace)
+    if not has_present:
+        return np.full(n_layers, int(w.sum()) * top_k, np.int64)
+    return (w @ present.astype(np.int64)) * top_k
 
 
 def _finish(hist: np.ndarray, ks: Sequence[int] | None, n_expert: int) -> np.ndarray:
@@ -68,7 +82,7 @@ def _finish(hist: np.ndarray, ks: Sequence[int] | None, n_expert: int) -> np.nda
     return hits[:, idx]
 
 
-def lru_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "all") -> np.ndarray:
+def lru_curve(trace: Trace | Prepared, ks: Sequence[int] | None = None, *, count: str = "all") -> np.ndarray:
     """Textbook LRU hits per layer for every cache size, in one pass.
 
     Returns ``(n_layers, n_expert + 1)`` int64 (column ``K`` = hits with ``K`` slots per layer), or
@@ -76,24 +90,22 @@ def lru_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "al
     """
     ex = np.ascontiguousarray(trace.experts)
     present, has_present = _present(trace)
-    if trace.n_expert <= 256:
-        init = np.full(trace.n_expert, 255, np.uint8)
-    else:
-        init = np.full(trace.n_expert, 65535, np.uint16)
-    n_chunks = max(1, min(trace.n_layers, numba.get_num_threads()))
-    hist = _lru_hist(ex, present, has_present, _weights(trace, count), trace.n_expert, init, n_chunks)
-    return _finish(hist, ks, trace.n_expert)
+    n_expert = int(trace.n_expert)
+    init = np.full(n_expert, 255, np.uint8) if n_expert <= 256 else np.full(n_expert, 65535, np.uint16)
+    n_chunks = max(1, min(ex.shape[1], numba.get_num_threads()))
+    hist = _lru_hist(ex, present, has_present, _weights(trace, count), n_expert, init, n_chunks)
+    return _finish(hist, ks, n_expert)
 
 
-def opt_curve(trace: Trace, ks: Sequence[int] | None = None, *, count: str = "all") -> np.ndarray:
+def opt_curve(trace: Trace | Prepared, ks: Sequence[int] | None = None, *, count: str = "all") -> np.ndarray:
     """Textbook OPT (Belady's MIN, insert on every miss) hits per layer for every cache size, in one pass.
 
     Same shapes as :func:`lru_curve`; equal to replaying ``belady-textbook`` at each K.
     """
     ex = np.ascontiguousarray(trace.experts)
     present, has_present = _present(trace)
-    hist = _opt_hist(ex, present, has_present, _weights(trace, count), trace.n_expert)
-    return _finish(hist, ks, trace.n_expert)
+    hist = _opt_hist(ex, present, has_present, _weights(trace, count), int(trace.n_expert))
+    return _finish(hist, ks, int(trace.n_expert))
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hotexperts.policies import REGISTRY, Policy, Prepared, make_policy, prepare
+from hotexperts.policies import REGISTRY, BeladyTextbook, LruTextbook, Policy, Prepared, make_policy, prepare
 from hotexperts.policies._engine import COLD, HIT, HOT, SEL, UP, UPM, fill_slot_of
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
@@ -276,6 +276,14 @@ def hit_curve(
     for k in ks:
         _slots_vector(k, prep.n_layers, prep.n_expert)
     decode = prep.step_phase == PHASE_DECODE
+    if isinstance(pol, (LruTextbook, BeladyTextbook)):
+        # NOTE: stack algorithms: every K from one pass (hotexperts.sim.curves), same numbers as the replays
+        from hotexperts.sim.curves import accesses_per_layer, lru_curve, opt_curve
+
+        fn = lru_curve if isinstance(pol, LruTextbook) else opt_curve
+        hits = fn(prep, ks, count="decode").sum(axis=0)
+        tot = int(accesses_per_layer(prep, count="decode").sum())
+        return np.array([float(h) / tot if tot else 0.0 for h in hits.tolist()], np.float64)
 
     def one(k: int) -> float:
         _, _, stats, _, _, _, _ = _run(prep, pol, np.full(prep.n_layers, k, np.int32), record_events=False)

@@ -459,7 +459,10 @@ def test_golden_numbers_match_reference():
     assert int(r.hit_sel[r.decode_steps].sum()) == decode_sel - first_uses
 
 
-@pytest.mark.parametrize("policy", [Lru(), Fork(interval=10), Belady(), Window(), Decay(), Static()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "policy", [Lru(), Fork(interval=10), Belady(), Window(), Decay(), Static(), LruTextbook(), BeladyTextbook()],
+    ids=lambda p: p.name,
+)
 def test_hit_curve_equals_replay(policy):
     from hotexperts.sim.replay import hit_curve
 
