@@ -290,7 +290,7 @@ class Evaluator:
             self._cache[k] = simulate(
                 self.trace, self.model, self.hw, self.policy_config(cand), np.asarray(cand.slots, np.int64),
                 mode=cand.mode, vram_gb=self.cfg.vram_gb, context=self.cfg.context, kv_type=self.cfg.kv_type,
-                ubatch=self.cfg.ubatch, warm_up=False,
+                ubatch=self.cfg.ubatch, warm_up=False, keep_arrays=False,  # lean cache: one result per trial
             )
         return self._cache[k]
 
