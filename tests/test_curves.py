@@ -173,10 +173,22 @@ def test_kimi_published_per_layer_lru(kimi_full):
         np.testing.assert_array_equal(r.hit_sel.sum(axis=0), curve[:, j])
 
 
-def test_textbook_match_libcachesim_per_layer(kimi_full):
+@pytest.fixture(scope="module")
+def mixtral_humaneval():
+    from hotexperts.tracer.importers import import_trace
+    from hotexperts.tracer.readers import TraceImportWarning
+    from tests.conftest import MIXTRAL_HUMANEVAL, shared_file
+
+    with pytest.warns(TraceImportWarning, match="missing"):  # 37 (token, layer) rows absent: a real gap
+        return import_trace(shared_file(MIXTRAL_HUMANEVAL), n_expert=8)  # 8 experts, top-2
+
+
+@pytest.mark.parametrize(
+    "fixture, ks", [("kimi_full", [1, 9, 38, 77, 140]), ("mixtral_humaneval", [1, 2, 3, 5, 7, 8])]
+)
+def test_textbook_match_libcachesim_per_layer(fixture, ks, request):
     lcs = pytest.importorskip("libcachesim")
-    tr = kimi_full
-    ks = [1, 9, 38, 77, 140]
+    tr = request.getfixturevalue(fixture)
     lru, opt = lru_curve(tr, ks), opt_curve(tr, ks)
     big = np.iinfo(np.int64).max  # libCacheSim's "never requested again"
     for ly in range(tr.n_layers):
