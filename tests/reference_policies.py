@@ -438,6 +438,7 @@ def reference_replay(trace: Trace, policy: Policy, slots: int | list[int] | np.n
         ref_belady(sim, policy)
     elif isinstance(policy, LruTextbook):
         ref_textbook(sim, "lru")
+        sim.events.sort(key=lambda ev: (ev[0], ev[1]))  # its kernel runs steps outside, layers inside
     elif isinstance(policy, BeladyTextbook):
         ref_textbook(sim, "opt")
     else:
