@@ -4,7 +4,9 @@ warm-up time apart.
 
 Run: ``python benchmarks/replay_speed.py [--tokens 10000] [--ref-tokens 200]``. Prints a table and writes
 ``benchmarks/results/replay_speed.json``. Targets (issue 3): >= 100M selections/s/core for lru and fork
-(10K tokens x 48 layers x top-8 = 3.84M selections in < 40 ms) and >= 100x the reference.
+(10K tokens x 48 layers x top-8 = 3.84M selections in < 40 ms) and >= 100x the reference. Issue 14 adds
+the textbook pair and a 2-thread column (``replay(..., threads=2)``: chunks of layers in parallel for
+policies that declare ``layer_independent``; target >= 1.7x on 2 cores).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # for tests.reference_policies
 import numba  # noqa: E402
 
 from hotexperts._atomic import write_text_atomic  # noqa: E402
-from hotexperts.policies import Belady, Decay, Fork, Lru, Window, prepare  # noqa: E402
+from hotexperts.policies import Belady, BeladyTextbook, Decay, Fork, Lru, LruTextbook, Window, prepare  # noqa: E402
 from hotexperts.sim.replay import replay, warmup  # noqa: E402
 from hotexperts.tracer.trace import Trace  # noqa: E402
 from tests.reference_policies import reference_replay  # noqa: E402
@@ -77,9 +79,9 @@ def main() -> None:
     n_sel = tr.n_tokens * tr.n_layers * tr.top_k
     sub = tr.select(np.arange(tr.n_tokens) < args.ref_tokens)
     sub_sel = sub.n_tokens * sub.n_layers * sub.top_k
-    policies = [Lru(), Fork(interval=40), Window(), Decay(), Belady()]
+    policies = [Lru(), Fork(interval=40), Window(), Decay(), Belady(), LruTextbook(), BeladyTextbook()]
     for pol in policies:  # untimed: every kernel once on the full trace (allocator and caches warm)
-        replay(prep, pol, args.slots)
+        replay(prep, pol, args.slots, threads=1)
     rows = []
     # NOTE: the garbage collector is off while timing (as in timeit): the reference's many Python objects
     # otherwise make a collection land inside a timed kernel call now and then.
@@ -88,10 +90,12 @@ def main() -> None:
     for pol in policies:
         # NOTE: best of --repeat runs: the development box is a shared 2-core VM, so single timings are
         # inflated by other processes; the minimum is the closest to the code's own cost.
-        full = best_of(lambda pol=pol: replay(prep, pol, args.slots), repeat=args.repeat)
-        kern = min(replay(prep, pol, args.slots).replay_seconds for _ in range(args.repeat))
+        full = best_of(lambda pol=pol: replay(prep, pol, args.slots, threads=1), repeat=args.repeat)
+        kern = min(replay(prep, pol, args.slots, threads=1).replay_seconds for _ in range(args.repeat))
+        # two threads: chunks of layers in parallel for layer-independent policies (the others run on one)
+        kern2 = min(replay(prep, pol, args.slots, threads=2).replay_seconds for _ in range(args.repeat))
         ref_s = best_of(lambda pol=pol: reference_replay(sub, pol, args.slots), repeat=2)
-        sub_kernel = min(replay(sub, pol, args.slots).replay_seconds for _ in range(args.repeat))
+        sub_kernel = min(replay(sub, pol, args.slots, threads=1).replay_seconds for _ in range(args.repeat))
         rows.append(
             {
                 "policy": pol.label(args.slots),
@@ -99,10 +103,14 @@ def main() -> None:
                 "kernel_seconds": kern,
                 "replay_call_seconds": full,
                 "selections_per_s": n_sel / kern,
+                "kernel_seconds_2_threads": kern2,
+                "selections_per_s_2_threads": n_sel / kern2,
+                "speedup_2_threads": kern / kern2,
+                "layer_parallel": type(pol).layer_independent,
                 "reference_selections_per_s": sub_sel / ref_s,
                 "speedup_vs_reference": (n_sel / kern) / (sub_sel / ref_s),
                 "speedup_same_subset": ref_s / sub_kernel,
-                "hit_rate": replay(prep, pol, args.slots).hit_rate,
+                "hit_rate": replay(prep, pol, args.slots, threads=1).hit_rate,
             }
         )
 
@@ -113,7 +121,7 @@ def main() -> None:
     long_tr = synthetic(args.belady_tokens, 1, 8, 256, seed=1)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    rb = replay(long_tr, Belady(), args.slots)
+    rb = replay(long_tr, Belady(), args.slots, threads=1)
     belady_s = time.perf_counter() - t0
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     belady = {
@@ -131,10 +139,12 @@ def main() -> None:
     print(f"\ntrace: {tr.n_tokens} tokens x {tr.n_layers} layers x top-{tr.top_k} = {n_sel / 1e6:.2f}M selections, "
           f"K={args.slots}, numba threads=1; reference on the first {args.ref_tokens} tokens; "
           f"best of {args.repeat} runs (reference: best of 2) on a shared machine, garbage collector off")
-    print(f"{'policy':<26}{'kernel ms':>10}{'Msel/s':>9}{'ref Msel/s':>12}{'speedup':>9}{'hit rate':>10}")
+    print(f"{'policy':<26}{'kernel ms':>10}{'Msel/s':>9}{'ref Msel/s':>12}{'speedup':>9}{'hit rate':>10}"
+          f"{'2 thr Msel/s':>14}{'x 1 thr':>9}")
     for r in rows:
         print(f"{r['policy']:<26}{r['kernel_seconds'] * 1e3:>10.1f}{r['selections_per_s'] / 1e6:>9.1f}"
-              f"{r['reference_selections_per_s'] / 1e6:>12.3f}{r['speedup_vs_reference']:>8.0f}x{r['hit_rate']:>10.3f}")
+              f"{r['reference_selections_per_s'] / 1e6:>12.3f}{r['speedup_vs_reference']:>8.0f}x{r['hit_rate']:>10.3f}"
+              f"{r['selections_per_s_2_threads'] / 1e6:>14.1f}{r['speedup_2_threads']:>8.2f}x")
     print(f"\nbelady, {belady['tokens']:,} tokens x 1 layer x top-8, K={args.slots}: {belady['kernel_seconds']:.2f} s, "
           f"peak RSS {belady['peak_rss_mib']:.0f} MiB (+{belady['peak_rss_growth_mib']:.0f} MiB during the call), "
           f"hit rate {belady['hit_rate']:.3f}")

@@ -13,10 +13,12 @@ from typing import Any
 from hotexperts.policies._engine import Policy, Prepared, prepare
 from hotexperts.policies.all_cpu import AllCpu
 from hotexperts.policies.belady import Belady
+from hotexperts.policies.belady_textbook import BeladyTextbook
 from hotexperts.policies.decay import Decay
 from hotexperts.policies.fork import Fork, fork_bonus
 from hotexperts.policies.layer_offload import LayerOffload
 from hotexperts.policies.lru import Lru
+from hotexperts.policies.lru_textbook import LruTextbook
 from hotexperts.policies.static import Static, allocate_static_slots
 from hotexperts.policies.window import Window
 
@@ -24,10 +26,12 @@ __all__ = [
     "REGISTRY",
     "AllCpu",
     "Belady",
+    "BeladyTextbook",
     "Decay",
     "Fork",
     "LayerOffload",
     "Lru",
+    "LruTextbook",
     "Policy",
     "PolicyConfig",
     "Prepared",
@@ -53,6 +57,8 @@ REGISTRY: dict[str, type[Policy]] = {
     "decay": Decay,
     "static": Static,
     "belady": Belady,
+    "lru-textbook": LruTextbook,
+    "belady-textbook": BeladyTextbook,
 }
 
 

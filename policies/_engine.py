@@ -108,6 +108,9 @@ class Policy:
     label_keys: ClassVar[dict[str, str]] = {}
     #: whether the slot count matters (False for all-cpu / layer-offload)
     uses_slots: ClassVar[bool] = True
+    #: whether each layer's replay depends on that layer alone (then a replay may run chunks of layers in
+    #: parallel threads: ``run`` on a :class:`Prepared` holding only those layers gives the same numbers)
+    layer_independent: ClassVar[bool] = False
 
     def label(self, slots: Any = None) -> str:
         """Name with parameters, e.g. ``fork-K44-I60-B64``."""

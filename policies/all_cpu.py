@@ -21,6 +21,7 @@ class AllCpu(Policy):
     """All experts in host memory, computed on the CPU."""
 
     name: ClassVar[str] = "all-cpu"
+    layer_independent: ClassVar[bool] = True
     uses_slots: ClassVar[bool] = False
 
     def slots_for(self, prep: Prepared, slots: np.ndarray) -> np.ndarray:

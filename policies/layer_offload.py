@@ -25,6 +25,7 @@ class LayerOffload(Policy):
     """Experts of whole layers on the GPU."""
 
     name: ClassVar[str] = "layer-offload"
+    layer_independent: ClassVar[bool] = True
     uses_slots: ClassVar[bool] = False
     label_keys: ClassVar[dict[str, str]] = {"n_cpu_moe": "N"}
 

@@ -41,6 +41,7 @@ class Lru(Policy):
     name: ClassVar[str] = "lru"
     blocking_uploads: ClassVar[bool] = False
     label_keys: ClassVar[dict[str, str]] = {"inserts": "M"}
+    layer_independent: ClassVar[bool] = True
 
     inserts: int = field(default=2, metadata={"help": "uploads per layer per step (LLAMA_MOE_CACHE_INSERTS)"})
     observe_max_tokens: int = field(default=4, metadata={"help": "only steps of at most this many tokens update the LRU"})

@@ -84,6 +84,7 @@ class Static(Policy):
     """A fixed hot set per layer."""
 
     name: ClassVar[str] = "static"
+    layer_independent: ClassVar[bool] = True
     label_keys: ClassVar[dict[str, str]] = {}
 
     counts: np.ndarray | None = field(

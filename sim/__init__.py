@@ -26,3 +26,8 @@ __all__ += [
 from hotexperts.sim.replay import EVENT_DTYPE, ReplayResult, hit_curve, replay, warmup  # noqa: E402
 
 __all__ += ["EVENT_DTYPE", "ReplayResult", "hit_curve", "replay", "warmup"]
+
+# one-pass textbook LRU / OPT hit curves (issue 14)
+from hotexperts.sim.curves import accesses_per_layer, lru_curve, opt_curve  # noqa: E402
+
+__all__ += ["accesses_per_layer", "lru_curve", "opt_curve"]

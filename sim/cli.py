@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from typing import Any
@@ -241,14 +242,25 @@ def _run_sim(args: argparse.Namespace) -> int:
             ks = [int(x) for x in args.sweep_k.split(",") if x.strip()]
         except ValueError:
             raise InputError(None, f"--sweep-k: expected comma-separated integers, got {args.sweep_k!r}") from None
-        rows = []
-        for i, k in enumerate(ks):
-            r = simulate(trace, model, hw, pol, k, warm_up=(i == 0), **common)
-            rows.append(
-                {"K": k, "label": r.label, "hit_rate": r.hit_rate, "decode_tok_s": r.decode_tok_s,
-                 "prefill_tok_s": r.prefill_tok_s, "upload_bytes": r.upload_bytes, "vram_bytes": r.vram_bytes,
-                 "fits": r.fits, "replay_seconds": r.replay_seconds}
-            )
+        def one(i_k: tuple[int, int]) -> Any:
+            return simulate(trace, model, hw, pol, i_k[1], warm_up=(i_k[0] == 0), keep_arrays=False, **common)
+
+        results = [one((0, ks[0]))] if ks else []
+        if type(pol).layer_independent or len(ks) < 3:
+            # NOTE: each replay already runs chunks of layers on every core
+            results += [one(x) for x in enumerate(ks[1:], 1)]
+        else:
+            # NOTE: one K per thread (the kernels release the GIL), after the first compiled the kernels
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=max(1, min(len(ks) - 1, os.cpu_count() or 1))) as pool:
+                results += list(pool.map(one, enumerate(ks[1:], 1)))
+        rows = [
+            {"K": k, "label": r.label, "hit_rate": r.hit_rate, "decode_tok_s": r.decode_tok_s,
+             "prefill_tok_s": r.prefill_tok_s, "upload_bytes": r.upload_bytes, "vram_bytes": r.vram_bytes,
+             "fits": r.fits, "replay_seconds": r.replay_seconds}
+            for k, r in zip(ks, results)
+        ]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

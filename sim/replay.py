@@ -14,6 +14,7 @@ step ``s`` serve step ``s + 1`` on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hotexperts.policies import REGISTRY, Policy, Prepared, make_policy, prepare
+from hotexperts.policies import REGISTRY, BeladyTextbook, LruTextbook, Policy, Prepared, make_policy, prepare
 from hotexperts.policies._engine import COLD, HIT, HOT, SEL, UP, UPM, fill_slot_of
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
@@ -133,7 +134,43 @@ def _slots_vector(slots: int | Sequence[int] | np.ndarray, n_layers: int, n_expe
     return v.astype(np.int32)
 
 
-def _run(prep: Prepared, policy: Policy, slots_req: np.ndarray, *, record_events: bool) -> tuple[Any, ...]:
+#: below this many selections a replay stays on one thread (thread start-up and the merge cost more)
+PARALLEL_MIN_SELECTIONS = 1_000_000
+
+
+def _layer_chunk(prep: Prepared, lo: int, hi: int) -> Prepared:
+    return dataclasses.replace(
+        prep,
+        experts=np.ascontiguousarray(prep.experts[:, lo:hi]),
+        present=np.ascontiguousarray(prep.present[:, lo:hi]) if prep.has_present else prep.present,
+        moe_layers=prep.moe_layers[lo:hi],
+    )
+
+
+def _run_layers_parallel(prep: Prepared, policy: Policy, slots: np.ndarray, bypass: np.ndarray, stats: np.ndarray,
+                         resident: np.ndarray, slot_of: np.ndarray, threads: int) -> None:
+    """Run a layer-independent policy's kernel on chunks of layers in parallel threads (the kernels release
+    the GIL); each chunk gets its own contiguous arrays, copied back after."""
+    n_layers = prep.n_layers
+    bounds = [(n_layers * c) // threads for c in range(threads + 1)]
+
+    def one(c: int) -> None:
+        lo, hi = bounds[c], bounds[c + 1]
+        sub = _layer_chunk(prep, lo, hi)
+        st = np.zeros((6, prep.n_steps, hi - lo), np.int32)
+        res = np.ascontiguousarray(resident[lo:hi])
+        so = np.ascontiguousarray(slot_of[lo:hi])
+        policy.run(sub, np.ascontiguousarray(slots[lo:hi]), bypass, st, res, so, np.zeros((0, 5), np.int32))
+        stats[:, :, lo:hi] = st
+        resident[lo:hi] = res
+        slot_of[lo:hi] = so
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(threads)))
+
+
+def _run(prep: Prepared, policy: Policy, slots_req: np.ndarray, *, record_events: bool,
+         threads: int = 1) -> tuple[Any, ...]:
     slots = np.asarray(policy.slots_for(prep, slots_req), np.int32)
     n_steps, n_layers = prep.n_steps, prep.n_layers
     max_slots = int(slots.max()) if slots.size else 0
@@ -144,8 +181,15 @@ def _run(prep: Prepared, policy: Policy, slots_req: np.ndarray, *, record_events
     bypass = np.ascontiguousarray(policy.bypass(prep), np.bool_)
     stats = np.zeros((6, n_steps, n_layers), np.int32)
     ev = np.zeros((0, 5), np.int32)
+    threads = min(threads, n_layers)
+    parallel = (threads > 1 and type(policy).layer_independent and not record_events
+                and prep.experts.size >= PARALLEL_MIN_SELECTIONS)
     t0 = time.perf_counter()
-    n_ev = policy.run(prep, slots, bypass, stats, resident, slot_of, ev)
+    if parallel:
+        _run_layers_parallel(prep, policy, slots, bypass, stats, resident, slot_of, threads)
+        n_ev = 0
+    else:
+        n_ev = policy.run(prep, slots, bypass, stats, resident, slot_of, ev)
     seconds = time.perf_counter() - t0
     events = None
     if record_events:
@@ -168,6 +212,7 @@ def replay(
     slots: int | Sequence[int] | np.ndarray,
     *,
     record_events: bool = False,
+    threads: int | None = None,
 ) -> ReplayResult:
     """Replay ``trace`` under ``policy`` with ``slots`` per trace layer (one int = the same for all).
 
@@ -176,13 +221,18 @@ def replay(
         policy: a policy config (e.g. ``Fork(interval=60, pp_bypass=64)``) or a registered name.
         slots: slots per trace layer (ignored by ``all-cpu`` and ``layer-offload``).
         record_events: also return the exact upload schedule (``events``) and ``initial_resident``.
+        threads: for policies whose layers are independent (``layer_independent``), run chunks of
+            layers in this many threads (default: the CPU count; traces under
+            :data:`PARALLEL_MIN_SELECTIONS` selections and replays recording events stay on one thread).
     """
     prep = trace if isinstance(trace, Prepared) else prepare(trace)
     pol = make_policy(policy) if isinstance(policy, str) else policy
     if not isinstance(pol, Policy):
         raise TypeError(f"policy must be a registered policy config, got {type(pol).__name__}")
     req = _slots_vector(slots, prep.n_layers, prep.n_expert)
-    used, bypass, stats, resident, initial, events, seconds = _run(prep, pol, req, record_events=record_events)
+    n_threads = threads if threads is not None else (os.cpu_count() or 1)
+    used, bypass, stats, resident, initial, events, seconds = _run(prep, pol, req, record_events=record_events,
+                                                                   threads=max(1, n_threads))
     return ReplayResult(
         policy=pol.name,
         params=pol.params(),
@@ -217,8 +267,8 @@ def hit_curve(
 ) -> np.ndarray:
     """Decode hit rate for each uniform slot count in ``ks`` (same numbers as :func:`replay`).
 
-    The replays run in parallel threads (numba kernels release the GIL); ``threads`` defaults to the
-    CPU count.
+    The replays run in parallel threads (numba kernels release the GIL), one K per thread; ``threads``
+    defaults to the CPU count.
     """
     prep = trace if isinstance(trace, Prepared) else prepare(trace)
     pol = make_policy(policy) if isinstance(policy, str) else policy
@@ -226,6 +276,14 @@ def hit_curve(
     for k in ks:
         _slots_vector(k, prep.n_layers, prep.n_expert)
     decode = prep.step_phase == PHASE_DECODE
+    if isinstance(pol, (LruTextbook, BeladyTextbook)):
+        # NOTE: stack algorithms: every K from one pass (hotexperts.sim.curves), same numbers as the replays
+        from hotexperts.sim.curves import accesses_per_layer, lru_curve, opt_curve
+
+        fn = lru_curve if isinstance(pol, LruTextbook) else opt_curve
+        hits = fn(prep, ks, count="decode").sum(axis=0)
+        tot = int(accesses_per_layer(prep, count="decode").sum())
+        return np.array([float(h) / tot if tot else 0.0 for h in hits.tolist()], np.float64)
 
     def one(k: int) -> float:
         _, _, stats, _, _, _, _ = _run(prep, pol, np.full(prep.n_layers, k, np.int32), record_events=False)
@@ -240,7 +298,10 @@ def hit_curve(
 
 
 def warmup() -> float:
-    """Compile (or load from numba's cache) every policy kernel; returns the seconds it took."""
+    """Compile (or load from numba's cache) every policy kernel and the one-pass curves; returns the seconds
+    it took."""
+    from hotexperts.sim.curves import lru_curve, opt_curve
+
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     for dtype_n in (8, 300):  # uint8 and uint16 expert ids
@@ -254,4 +315,6 @@ def warmup() -> float:
             for name, cls in REGISTRY.items():
                 pol = cls(n_cpu_moe=1) if name == "layer-offload" else cls()  # type: ignore[call-arg]
                 replay(tr, pol, 2, record_events=True)
+            lru_curve(tr)
+            opt_curve(tr)
     return time.perf_counter() - t0

@@ -137,6 +137,9 @@ class SimResult:
     pos_offset: int
     replay: Any = field(default=None, repr=False)
     cost: CostBreakdown | None = field(default=None, repr=False)
+    #: per step: experts uploaded (all layers), bytes uploaded, phase; what :meth:`upload_batches` needs
+    #: when ``replay`` / ``cost`` were not kept (``simulate(..., keep_arrays=False)``)
+    step_uploads: np.ndarray | None = field(default=None, repr=False)
 
     def upload_batches(self, limit: int = 500) -> dict[str, Any]:
         """Uploads grouped by the step after which they happen (a rebalance, for the fork).
@@ -144,11 +147,12 @@ class SimResult:
         ``{"count": steps with uploads, "experts_mean", "bytes_mean", "items": [{step, decode_call, phase,
         experts, bytes}, ...]}``, the items capped at ``limit`` (the first ones).
         """
-        if self.replay is None or self.cost is None:
+        if self.replay is not None and self.cost is not None:
+            experts, nbytes, phase = _upload_steps(self.replay, self.cost)
+        elif self.step_uploads is not None:
+            experts, nbytes, phase = self.step_uploads["experts"], self.step_uploads["bytes"], self.step_uploads["phase"]
+        else:
             return {"count": 0, "experts_mean": 0.0, "bytes_mean": 0.0, "items": []}
-        experts = np.asarray(self.replay.uploads).sum(axis=1)
-        nbytes = np.asarray(self.cost.upload_bytes, np.float64)
-        phase = np.asarray(self.replay.step_phase)
         decode_call = np.cumsum(phase == 1)
         idx = np.flatnonzero(experts > 0)
         items = [
@@ -201,6 +205,13 @@ class SimResult:
             "layer_map": self.layer_map,
             "pos_offset": self.pos_offset,
         }
+
+
+_STEP_UPLOADS = np.dtype([("experts", np.int32), ("bytes", np.float64), ("phase", np.uint8)])
+
+
+def _upload_steps(rr: Any, cb: CostBreakdown) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (np.asarray(rr.uploads).sum(axis=1), np.asarray(cb.upload_bytes, np.float64), np.asarray(rr.step_phase))
 
 
 def _jsonable(x: Any) -> Any:
@@ -256,6 +267,7 @@ def simulate(
     pos_offset: int = 0,
     warm_up: bool = True,
     trace_path: Any = None,
+    keep_arrays: bool = True,
 ) -> SimResult:
     """Replay ``trace`` on ``model`` under ``policy_config`` with ``slots`` per layer, then cost it.
 
@@ -273,6 +285,9 @@ def simulate(
         ubatch: ubatch size the compute buffer is reserved for (default ``max(512, largest step)``).
         pos_offset: tokens of context added to every step's position in the attention term.
         warm_up: compile the kernels on a few steps first, so ``replay_seconds`` is the replay alone.
+        keep_arrays: keep the replay's and the cost model's per-(step, layer) arrays in ``replay`` and
+            ``cost``; False keeps only ``step_uploads`` (13 bytes per step), for callers that hold many
+            results (the tuner caches one per trial: the arrays are ~7 MB each on a 6K-step, 48-layer trace).
     """
     from hotexperts.sim.replay import replay
 
@@ -341,6 +356,14 @@ def simulate(
         remapped=trace.n_layers != model.n_moe_layers,
         layer_map=[int(x) for x in lm],
         pos_offset=int(pos_offset),
-        replay=rr,
-        cost=cb,
+        replay=rr if keep_arrays else None,
+        cost=cb if keep_arrays else None,
+        step_uploads=None if keep_arrays else _compact_uploads(rr, cb),
     )
+
+
+def _compact_uploads(rr: Any, cb: CostBreakdown) -> np.ndarray:
+    experts, nbytes, phase = _upload_steps(rr, cb)
+    out = np.empty(experts.size, _STEP_UPLOADS)
+    out["experts"], out["bytes"], out["phase"] = experts, nbytes, phase
+    return out

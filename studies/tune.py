@@ -301,21 +301,14 @@ class Evaluator:
     def layer_curves(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-layer LRU decode hit rates at a grid of slot counts (computed once)."""
         if self._curves is None:
-            from hotexperts.policies import make_policy
-            from hotexperts.sim.replay import replay
+            from hotexperts.sim.curves import accesses_per_layer, lru_curve
 
             ne = self.model.n_expert
             ks = sorted({0, *[k for k in (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) if k < ne], ne})
-            curves = np.zeros((self.model.n_moe_layers, len(ks)))
-            pol = make_policy("lru", inserts=1_000_000)
-            for j, k in enumerate(ks):
-                if k == 0:
-                    continue
-                if k == ne:
-                    curves[:, j] = 1.0
-                    continue
-                rr = replay(self.trace, pol, k)
-                curves[:, j] = np.nan_to_num(np.asarray(rr.hit_rate_per_layer, np.float64))
+            # NOTE: textbook LRU (lru-textbook), every K in one stack pass, decode requests counted
+            hits = lru_curve(self.trace, ks, count="decode")
+            curves = hits / np.maximum(accesses_per_layer(self.trace, count="decode"), 1)[:, None]
+            curves[:, np.asarray(ks) == ne] = 1.0
             self._curves, self._curve_ks = curves, np.asarray(ks, np.float64)
         assert self._curve_ks is not None
         return self._curves, self._curve_ks
@@ -376,16 +369,25 @@ class Evaluator:
             p["gpu_layers"] = tuple(p["gpu_layers"])
         return make_policy(cand.policy, **p)
 
-    def evaluate(self, cand: Candidate) -> Any:
-        """Simulate the candidate (a :class:`hotexperts.sim.simulate.SimResult`), cached."""
+    def evaluate(self, cand: Candidate, *, keep_arrays: bool = False) -> Any:
+        """Simulate the candidate (a :class:`hotexperts.sim.simulate.SimResult`), cached.
+
+        ``keep_arrays``: keep the per-step arrays (``cost``, ``replay``) too; such results are not cached.
+        """
         from hotexperts.sim.simulate import simulate
 
         k = cand.key()
+        if keep_arrays:
+            return simulate(
+                self.trace, self.model, self.hw, self.policy_config(cand), np.asarray(cand.slots, np.int64),
+                mode=cand.mode, vram_gb=self.cfg.vram_gb, context=self.cfg.context, kv_type=self.cfg.kv_type,
+                ubatch=self.cfg.ubatch, warm_up=False,
+            )
         if k not in self._cache:
             self._cache[k] = simulate(
                 self.trace, self.model, self.hw, self.policy_config(cand), np.asarray(cand.slots, np.int64),
                 mode=cand.mode, vram_gb=self.cfg.vram_gb, context=self.cfg.context, kv_type=self.cfg.kv_type,
-                ubatch=self.cfg.ubatch, warm_up=False,
+                ubatch=self.cfg.ubatch, warm_up=False, keep_arrays=False,  # lean cache: one result per trial
             )
         return self._cache[k]
 
@@ -899,7 +901,7 @@ def heldout_evaluation(ev: Evaluator, eval_trace: Trace, cands: dict[str, Candid
     hev._static_counts = ev.static_counts()
     rows: dict[str, Any] = {}
     for name, c in cands.items():
-        res = hev.evaluate(c)
+        res = hev.evaluate(c, keep_arrays=True)
         tr = train[name]
         rows[name] = {
             "label": res.label,

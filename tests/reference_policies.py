@@ -11,7 +11,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hotexperts.policies import AllCpu, Belady, Decay, Fork, LayerOffload, Lru, Policy, Static, Window
+from hotexperts.policies import (
+    AllCpu,
+    Belady,
+    BeladyTextbook,
+    Decay,
+    Fork,
+    LayerOffload,
+    Lru,
+    LruTextbook,
+    Policy,
+    Static,
+    Window,
+)
 from hotexperts.tracer.trace import PHASE_DECODE, Trace
 
 
@@ -335,6 +347,54 @@ def ref_belady(sim: Sim, p: Belady) -> None:
                 sim.upload(s, layer, table.index(furthest), e)
 
 
+def ref_textbook(sim: Sim, victim: str) -> None:
+    """``lru-textbook`` (victim "lru") and ``belady-textbook`` (victim "opt"): every routed selection is a
+    request in trace order; a miss is inserted at once (lowest empty slot, else the victim's slot)."""
+    nl = sim.trace.n_layers
+    n = len(sim.steps)
+    for layer in range(nl):
+        seq = [(s, e) for s in range(n) for e in sim.routed(s, layer)]
+        table = sim.tables[layer]
+        recency: list[int] = []  # least recently used first
+
+        def next_request(e: int, after: int, seq: list[tuple[int, int]] = seq) -> int:
+            for i in range(after + 1, len(seq)):
+                if seq[i][1] == e:
+                    return i
+            return len(seq)  # never
+
+        i = 0
+        for s in range(n):
+            ids = sim.routed(s, layer)
+            sim.out["sel"][s, layer] = len(ids)
+            first_seen: set[int] = set()
+            for e in ids:
+                hit = e in table
+                if e not in first_seen:
+                    first_seen.add(e)
+                    sim.out["hot" if hit else "cold"][s, layer] += 1
+                    sim.cold_used.setdefault((s, layer), set())
+                    if not hit:
+                        sim.cold_used[(s, layer)].add(e)
+                if hit:
+                    sim.out["hit"][s, layer] += 1
+                    recency.remove(e)
+                    recency.append(e)
+                elif table:
+                    if -1 in table:
+                        slot = table.index(-1)
+                    elif victim == "lru":
+                        slot = table.index(recency[0])
+                    else:
+                        slot = table.index(max(table, key=lambda x: (next_request(x, i), x)))
+                    if table[slot] >= 0:
+                        recency.remove(table[slot])
+                    sim.upload(s, layer, slot, e)
+                    sim.cold_used[(s, layer)].discard(e)  # uploads_missed: once per expert and step
+                    recency.append(e)
+                i += 1
+
+
 # -------------------------------------------------------------------------------------------- entry
 
 
@@ -376,6 +436,11 @@ def reference_replay(trace: Trace, policy: Policy, slots: int | list[int] | np.n
         ref_decay(sim, policy)
     elif isinstance(policy, Belady):
         ref_belady(sim, policy)
+    elif isinstance(policy, LruTextbook):
+        ref_textbook(sim, "lru")
+        sim.events.sort(key=lambda ev: (ev[0], ev[1]))  # its kernel runs steps outside, layers inside
+    elif isinstance(policy, BeladyTextbook):
+        ref_textbook(sim, "opt")
     else:
         raise NotImplementedError(f"no reference for {type(policy).__name__}")
     return sim.result(initial)

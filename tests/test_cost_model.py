@@ -294,6 +294,12 @@ def test_simulate_baselines_through_replay():
     assert j["selections"] == n * 48 * 8
     r_small = simulate(tr, m, hw, make_policy("fork", interval=10), 44, vram_gb=8)
     assert r_small.fits is False
+    # keep_arrays=False (the tuner's cache): same numbers and upload batches, no per-(step, layer) arrays
+    r_lean = simulate(tr, m, hw, make_policy("fork", interval=10), 44, vram_gb=8, keep_arrays=False)
+    assert r_lean.replay is None and r_lean.cost is None and r_small.replay is not None
+    assert r_small.upload_batches()["count"] > 0
+    assert r_lean.upload_batches() == r_small.upload_batches()
+    assert r_lean.to_json() | {"replay_seconds": 0} == r_small.to_json() | {"replay_seconds": 0}
 
 
 def test_remap_layer_map_and_refusal():

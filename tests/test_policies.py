@@ -12,10 +12,12 @@ from hotexperts.policies import (
     REGISTRY,
     AllCpu,
     Belady,
+    BeladyTextbook,
     Decay,
     Fork,
     LayerOffload,
     Lru,
+    LruTextbook,
     Static,
     Window,
     allocate_static_slots,
@@ -123,6 +125,8 @@ POLICY_CASES = [
     Decay(pass_interval=1, admit=1.0, ratio=1.0, margin=0.0, decay=0.5, prompt_weight=0.5, cap_bytes=2, expert_bytes=1),
     Belady(),
     Belady(decode_only=False, pp_bypass=5),
+    LruTextbook(),
+    BeladyTextbook(),
 ]
 
 
@@ -159,7 +163,10 @@ def test_engine_matches_reference_random(policy, seed):
         assert_same(res, ref)
 
 
-@pytest.mark.parametrize("policy", [Fork(interval=6), Lru(), Belady(), Window(), Decay(), Static()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "policy", [Fork(interval=6), Lru(), Belady(), Window(), Decay(), Static(), LruTextbook(), BeladyTextbook()],
+    ids=lambda p: p.name,
+)
 def test_engine_matches_reference_uint16_ids(policy):
     tr = make_trace(7, n_expert=300, n_layers=2, top_k=4, requests=2, decode=40)
     res = replay(tr, policy, 20, record_events=True)
@@ -189,7 +196,9 @@ def kimi_trace(request):
 
 
 @pytest.mark.parametrize(
-    "policy", [Fork(interval=20, pp_bypass=64), Lru(), Belady(), Window(), Decay(), Static(), LayerOffload(n_cpu_moe=2)],
+    "policy",
+    [Fork(interval=20, pp_bypass=64), Lru(), Belady(), Window(), Decay(), Static(), LayerOffload(n_cpu_moe=2),
+     LruTextbook(), BeladyTextbook()],
     ids=lambda p: p.name,
 )
 def test_engine_matches_reference_real_trace(kimi_trace, policy):
@@ -450,7 +459,10 @@ def test_golden_numbers_match_reference():
     assert int(r.hit_sel[r.decode_steps].sum()) == decode_sel - first_uses
 
 
-@pytest.mark.parametrize("policy", [Lru(), Fork(interval=10), Belady(), Window(), Decay(), Static()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "policy", [Lru(), Fork(interval=10), Belady(), Window(), Decay(), Static(), LruTextbook(), BeladyTextbook()],
+    ids=lambda p: p.name,
+)
 def test_hit_curve_equals_replay(policy):
     from hotexperts.sim.replay import hit_curve
 

@@ -52,3 +52,31 @@ def test_fork_result_fields():
     assert r.upload_experts_per_layer.tolist() == r.uploads.sum(axis=0).tolist()
     assert r.params["interval"] == 2
     assert r.replay_seconds >= 0.0
+
+
+def test_parallel_layer_chunks_equal_one_thread(monkeypatch):
+    """Policies that declare ``layer_independent`` give the same numbers when chunks of layers run in
+    parallel threads (forced here on a small trace), with per-layer slot counts and absent entries."""
+    import importlib
+
+    from hotexperts.policies import REGISTRY
+    from tests.test_policies import _default, make_trace
+
+    rp = importlib.import_module("hotexperts.sim.replay")  # the module (the package exports the function)
+    monkeypatch.setattr(rp, "PARALLEL_MIN_SELECTIONS", 0)
+    calls = []
+    real = rp._run_layers_parallel
+    monkeypatch.setattr(rp, "_run_layers_parallel", lambda *a: calls.append(a[-1]) or real(*a))
+    tr = make_trace(21, n_layers=5)
+    slots = np.array([3, 0, 7, 5, 11])
+    parallel = [name for name, cls in REGISTRY.items() if cls.layer_independent]
+    assert {"lru", "belady", "lru-textbook", "belady-textbook"} <= set(parallel)
+    for name in parallel:
+        pol = _default(REGISTRY[name])
+        one = replay(tr, pol, slots, threads=1)
+        for threads in (2, 3, 8):
+            many = replay(tr, pol, slots, threads=threads)
+            for f in ("sel", "hit_sel", "hot_distinct", "cold_distinct", "uploads", "uploads_missed", "resident_final"):
+                np.testing.assert_array_equal(getattr(many, f), getattr(one, f), err_msg=f"{name} {f} threads={threads}")
+    assert calls == [2, 3, 5] * len(parallel)  # the chunked path ran (threads capped at the 5 layers)
+    assert replay(tr, Fork(), slots, threads=2).n_layers == 5 and calls == [2, 3, 5] * len(parallel)  # not for fork

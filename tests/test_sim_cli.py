@@ -93,6 +93,21 @@ def test_sim_sweep_json(capsys, trace48):
     assert hits == sorted(hits)  # LRU hit rate never falls with more slots (inclusion property)
 
 
+def test_sim_sweep_threads_equal_single_runs(capsys, trace48):
+    """A fork sweep (K values in parallel threads) gives the numbers of one run per K."""
+    rc, out, err = run(capsys, "sim", trace48, "--model", QWEN, "--hardware", "rtx4090-7950x", "--policy", "fork",
+                       "--interval", 5, "--sweep-k", "4,16,32,64", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["K"] for r in rows] == [4, 16, 32, 64]
+    for r in rows:
+        rc, out, err = run(capsys, "sim", trace48, "--model", QWEN, "--hardware", "rtx4090-7950x", "--policy", "fork",
+                           "--interval", 5, "--hot-k", r["K"], "--json")
+        one = json.loads(out)
+        assert rc == 0 and (one["hit_rate"], one["decode_tok_s"], one["upload_bytes"]) == (
+            r["hit_rate"], r["decode_tok_s"], r["upload_bytes"])
+
+
 def test_sim_option_errors(capsys, trace48):
     base = ["sim", trace48, "--model", QWEN, "--hardware", "rtx4090-7950x"]
     rc, _, err = run(capsys, *base, "--policy", "lru", "--hot-k", 8, "--interval", 3)
