@@ -164,3 +164,14 @@ def test_every_command_reads_every_format_by_content(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     one_line_error(cli("sim", str(fifo), *base, "--policy", "lru", "--hot-k", "8"), "not a regular file")
+
+
+def test_symlink_loop_and_empty_folder_are_named_as_such(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    base = ["--model", "qwen3-30b-a3b-q4_k_m", "--hardware", "rtx4090-7950x", "--policy", "lru", "--hot-k", "4"]
+    one_line_error(cli("sim", str(a), *base), str(a), "symbolic link loop")
+    one_line_error(cli("sim", str(empty), *base), str(empty), "empty folder")

@@ -7,6 +7,7 @@ A missing path, a FIFO or a device is one line, never a hang.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import warnings
@@ -38,8 +39,12 @@ def open_trace(path: str | os.PathLike[str], *, n_expert: int | None = None, mod
     p = Path(path)
     try:
         st: os.stat_result | None = p.stat()
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(p, "symbolic link loop") from None
         st = None  # NOTE: maybe a folder inside an archive (``requests.tar.xz/anatomy``): the importers say
+    if st is not None and stat.S_ISDIR(st.st_mode) and not any(p.iterdir()):
+        raise InputError(p, "empty folder: no trace files in it")
     if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise InputError(p, "not a regular file (a FIFO or a device cannot be read as a trace)")
     if st is not None and stat.S_ISREG(st.st_mode) and is_hxt(p):
