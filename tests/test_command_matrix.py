@@ -1,7 +1,7 @@
 """Every command that takes a trace x every format hotexperts reads x bad inputs.
 
 Good inputs: a ``.hxt`` under a name without its extension, the llama.cpp CSV and vLLM routing JSONL of the
-same routing. Each command must accept each format (read by content). Bad inputs: a missing path, an
+same routing, and MOET v1. Each command must accept each format (read by content). Bad inputs: a missing path, an
 empty file, garbage bytes, a folder of nothing, a FIFO: one line naming the path, exit status 1, no output.
 """
 
@@ -46,6 +46,14 @@ def sources(tmp_path_factory) -> dict[str, Path]:
                                      "experts": [int(x) for x in tr.experts[t, li]], "token_idx": int(tr.pos[t])}))
     out["jsonl"] = d / "routing.jsonl"
     out["jsonl"].write_text("\n".join(lines) + "\n")
+    # MOET v1 (the turboquant fork's binary trace): one record per decode token, the request as its sequence
+    from tests.test_readers import moet_file, moet_record
+
+    recs = [moet_record(t + 1, 0, [int(tr.request[t])],
+                        [(int(il), tr.experts[t, li][None, :], None) for li, il in enumerate(tr.moe_layers)])
+            for t in range(tr.n_tokens)]
+    out["moet"] = d / "routing.moet"
+    out["moet"].write_bytes(moet_file(recs, n_expert=tr.n_expert))
     return out
 
 
@@ -64,7 +72,7 @@ def commands(src: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
-@pytest.mark.parametrize("fmt", ["hxt", "csv", "jsonl"])
+@pytest.mark.parametrize("fmt", ["hxt", "csv", "jsonl", "moet"])
 def test_every_command_reads_every_format(sources, tmp_path, fmt):
     results = {}
     for name, args in commands(sources[fmt], tmp_path).items():
