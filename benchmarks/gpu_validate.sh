@@ -9,7 +9,7 @@
 #           Qwen3.5-122B-shaped experts, bf16/fp16 8 = 39 GB, int8 12 = 29 GB)
 #   TOKENS  measured decode tokens per configuration (default 200, after 16 warm-up tokens)
 # Environment: WHEELS (default REPO/.whl), MODEL (default qwen3.5-122b-a10b-q4_k_l), PYTHON (default python3),
-#   THREADS (default all cores less one), DTYPE (host/slot expert dtype: fp32 (default), int8, bf16, fp16),
+#   THREADS (default all cores less one), REPEATS (interleaved repetitions of every configuration, default 1), DTYPE (host/slot expert dtype: fp32 (default), int8, bf16, fp16),
 #   DEVICE (default cuda; cpu for a dry run of the script on a machine without a GPU),
 #   TUNE_TRIALS (default 0 = skip; N > 0: `hotexperts tune` with the calibrated hw.json on the engine's model
 #   at the VRAM of the fork default K=44, then its pick and the fork default K=44 I60 run live into
@@ -57,7 +57,7 @@ time "$PY" -m hotexperts calibrate --model "$MODEL" "${THR[@]}" --out "$OUTDIR/h
 
 echo "== validate"
 time "$PY" -m hotexperts validate "$TRACE" --model "$MODEL" --hardware "$OUTDIR/hw.json" --out "$OUTDIR" \
-  --tokens "$TOKENS" "${THR[@]}"
+  --tokens "$TOKENS" --repeats "${REPEATS:-1}" "${THR[@]}"
 if [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
   LAYERS_OPT=(); if [ -n "$LAYERS" ]; then LAYERS_OPT=(--layers "$LAYERS"); fi
   echo "== tune with hw.json, then its pick and the fork default live"
