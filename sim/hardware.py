@@ -239,7 +239,7 @@ class HardwareProfile:
             if name in kw and not isinstance(kw[name], str):
                 raise InputError(where, f"hardware field {name} must be a string, got {kw[name]!r}")
         if "fitted" in kw:
-            if not isinstance(kw["fitted"], list) or not all(isinstance(x, str) for x in kw["fitted"]):
+            if not isinstance(kw["fitted"], (list, tuple)) or not all(isinstance(x, str) for x in kw["fitted"]):
                 raise InputError(where, f"hardware field fitted must be a list of field names, got {kw['fitted']!r}")
             kw["fitted"] = tuple(kw["fitted"])
         try:
