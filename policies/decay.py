@@ -49,6 +49,10 @@ class Decay(Policy):
     max_tokens: int = field(
         default=0, metadata={"help": "steps with more tokens run the plain path, no hits (0 = every step uses the slots)"}
     )
+    init_counts: np.ndarray | None = field(
+        default=None, repr=False, compare=False,
+        metadata={"help": "(n_layers, n_expert) counts: start each layer with its most-counted experts (a profile)"},
+    )
 
     def __post_init__(self) -> None:
         if self.pass_interval <= 0:
@@ -57,6 +61,22 @@ class Decay(Policy):
             raise ValueError(f"decay: decay must be in [0, 1], got {self.decay}")
         if self.cap_bytes < 0 or self.expert_bytes < 0 or self.prompt_weight < 0:
             raise ValueError("decay: cap_bytes, expert_bytes and prompt_weight must be >= 0")
+
+    def label(self, slots=None) -> str:
+        return super().label(slots) + ("" if self.init_counts is None else "-prof")
+
+    def initial(self, prep: Prepared, slots: np.ndarray, resident: np.ndarray) -> None:
+        if self.init_counts is None:
+            return
+        from hotexperts.policies.static import static_hot_sets
+
+        c = np.asarray(self.init_counts)
+        if c.shape != (prep.n_layers, prep.n_expert):
+            raise ValueError(f"{self.name}: init_counts shape {c.shape} does not match the trace "
+                             f"({prep.n_layers}, {prep.n_expert})")
+        for ly, hot in enumerate(static_hot_sets(np.where(c > 0, c, -np.inf), slots)):
+            hot = hot[np.asarray(c[ly])[hot] > 0]  # NOTE: a profile's zero-count experts are never loaded
+            resident[ly, : hot.size] = np.sort(hot)
 
     def bypass(self, prep: Prepared) -> np.ndarray:
         if self.max_tokens <= 0:
@@ -83,6 +103,10 @@ def decay_kernel(experts, present, has_present, bounds, bypass, n_expert, slots,
     dist = np.empty(n_expert, np.int64)
     score = np.zeros((n_layers, n_expert), np.float64)
     filled = np.zeros(n_layers, np.int64)
+    for ly in range(n_layers):  # preloaded slots (a profile-seeded set) are taken and start at `admit`
+        while filled[ly] < resident.shape[1] and resident[ly, filled[ly]] >= 0:
+            score[ly, resident[ly, filled[ly]]] = admit
+            filled[ly] += 1
     inflight = np.zeros((n_layers, max(1, resident.shape[1])), np.int32)
     cand = np.empty(n_expert, np.int64)
     cscore = np.empty(n_expert, np.float64)

@@ -52,12 +52,32 @@ class Window(Policy):
     max_tokens: int = field(
         default=0, metadata={"help": "steps with more tokens run the plain path, no hits (0 = every step uses the slots)"}
     )
+    init_counts: np.ndarray | None = field(
+        default=None, repr=False, compare=False,
+        metadata={"help": "(n_layers, n_expert) counts: start each layer with its most-counted experts (a profile)"},
+    )
 
     def __post_init__(self) -> None:
         if self.window <= 0 or self.min_sightings <= 0:
             raise ValueError("window: window and min_sightings must be positive")
         if self.hyst < 0 or self.cap_bytes < 0 or self.expert_bytes < 0:
             raise ValueError("window: hyst, cap_bytes and expert_bytes must be >= 0")
+
+    def label(self, slots=None) -> str:
+        return super().label(slots) + ("" if self.init_counts is None else "-prof")
+
+    def initial(self, prep: Prepared, slots: np.ndarray, resident: np.ndarray) -> None:
+        if self.init_counts is None:
+            return
+        from hotexperts.policies.static import static_hot_sets
+
+        c = np.asarray(self.init_counts)
+        if c.shape != (prep.n_layers, prep.n_expert):
+            raise ValueError(f"{self.name}: init_counts shape {c.shape} does not match the trace "
+                             f"({prep.n_layers}, {prep.n_expert})")
+        for ly, hot in enumerate(static_hot_sets(np.where(c > 0, c, -np.inf), slots)):
+            hot = hot[np.asarray(c[ly])[hot] > 0]  # NOTE: a profile's zero-count experts are never loaded
+            resident[ly, : hot.size] = np.sort(hot)
 
     def bypass(self, prep: Prepared) -> np.ndarray:
         if self.max_tokens <= 0:
@@ -86,6 +106,9 @@ def window_kernel(experts, present, has_present, bounds, bypass, n_expert, slots
     ring_len = np.zeros((n_layers, w), np.int64)
     cnt = np.zeros((n_layers, n_expert), np.int64)
     filled = np.zeros(n_layers, np.int64)
+    for ly in range(n_layers):  # preloaded slots (a profile-seeded set) are taken, lowest slots first
+        while filled[ly] < resident.shape[1] and resident[ly, filled[ly]] >= 0:
+            filled[ly] += 1
     inflight = np.zeros((n_layers, max(1, resident.shape[1])), np.int32)
     cand = np.empty(width, np.int64)
     pos = 0

@@ -362,6 +362,9 @@ class Evaluator:
         p = dict(cand.params)
         if cand.policy in ("window", "decay"):
             p.setdefault("expert_bytes", int(self.expert_bytes.mean()))
+            if cand.knobs.get("profile") == "file":
+                # NOTE: an adaptive set seeded from the profile the run files ship
+                p["init_counts"] = self.static_counts() if cand.counts is None else cand.counts
         if cand.policy == "static":
             p = {"counts": self.static_counts() if cand.counts is None else cand.counts,
                  **{k: v for k, v in cand.params.items() if k != "counts"}}

@@ -346,3 +346,41 @@ def test_the_fork_runs_its_cache_only_for_qwen35moe(tmp_path):
     tr = default_trace(m, n_requests=1, prompt_tokens=16, decode_tokens=16)
     ev = build_evaluator(TuneConfig(model="mixtral-8x7b-q4_k_m", hardware="rtx4090-7950x", vram_gb=24, context=4096), tr)
     assert "fork" not in {t.name for t in ev.targets} and "fork-default" not in ev.baselines()
+
+
+def test_profile_seeded_adaptive_sets_round_trip_and_start_from_the_profile(traces, tmp_path):
+    import optuna
+
+    from hotexperts.policies import make_policy
+    from hotexperts.sim.replay import replay
+    from hotexperts.studies.tune import build_evaluator
+
+    spec, tr, tpath = traces["qwen3.5-122b-a10b-q4_k_l"]
+    for fam, extra in (("window", {"window.window": 8, "window.min_sightings": 2, "window.hyst": 1,
+                                   "window.cap_mib": 64}),
+                       ("decay", {"decay.decay": 0.9, "decay.pass_interval": 2, "decay.admit": 2.0, "decay.ratio": 1.2,
+                                  "decay.margin": 0.5, "decay.prompt_weight": 0.03, "decay.cap_mib": 128})):
+        cfg = TuneConfig(model="qwen3.5-122b-a10b-q4_k_l", hardware="rtx4090-7950x", vram_gb=16, context=16384,
+                         target="turboquant", policies=(fam,), ubatch=64)
+        ev = build_evaluator(cfg, tr)
+        trial = optuna.trial.FixedTrial({"policy": fam, f"{fam}.seed": "profile", "fill": 0.6, **extra})
+        cand = REGISTRY["turboquant"].suggest(trial, ev, fam)
+        assert cand.knobs["profile"] == "file" and len(set(cand.slots)) > 1  # the fork's per-layer allocation
+        scored = ev.evaluate(cand)
+        out = tmp_path / fam
+        out.mkdir()
+        write_run_files(out, cand, WriteContext(model=spec, context=16384, ubatch=64, evaluator=ev))
+        env = read_env_file(out / "turboquant.env")
+        assert env["LLAMA_MOE_HOT_PROFILE"] == "hotexperts.moeprof" and env["LLAMA_MOE_HOT_ADAPT"] == "1"
+        cr = check(out / "llama-server.sh", model="qwen3.5-122b-a10b-q4_k_l", hardware="rtx4090-7950x", vram_gb=16,
+                   trace=str(tpath))
+        assert cr.candidate.policy == fam and cr.candidate.slots == cand.slots
+        assert cr.result.decode_tok_s == pytest.approx(scored.decode_tok_s, rel=1e-9)
+    # independent: an adaptive set that never admits anything is the static set it was seeded with
+    counts = ev.static_counts()
+    slots = np.asarray(cand.slots)
+    st = replay(tr, make_policy("static", counts=counts), slots)
+    frozen_w = replay(tr, make_policy("window", init_counts=counts, min_sightings=1, window=4, hyst=10**6), slots)
+    frozen_d = replay(tr, make_policy("decay", init_counts=counts, admit=1e9), slots)
+    assert frozen_w.hit_rate == st.hit_rate and frozen_d.hit_rate == st.hit_rate
+    assert int(np.asarray(frozen_w.uploads).sum()) == 0 and int(np.asarray(frozen_d.uploads).sum()) == 0

@@ -19,11 +19,15 @@ Read from that fork's ``src/llama-moecache.cpp`` (commit 0359e09: ``llama_moe_ho
   ``LLAMA_MOE_HOT_DECAY`` in (0, 1) selects decayed counts (family ``decay``), else windowed admission
   (family ``window``). ``LLAMA_MOE_HOT_PROFILE=even`` gives every layer the same
   ``min(n_expert, floor(budget / sum of one expert's bytes over layers) - 1)`` slots, starting empty
-  (:func:`even_slots`); that is what hotexperts writes for these two families.
+  (:func:`even_slots`); with a profile file the slot counts come from the profile allocation and the set
+  starts from the profile's hot set.
 - Graphs of more than ``LLAMA_MOE_HOT_MAX_T`` tokens (default 8) run the plain path.
 
+An adaptive set with a profile file starts from the profile's hot set (the allocation above, ids loaded in
+ascending order, each resident's decay count at ``ADMIT``); hotexperts writes either form.
+
 Not priced (a one-line error): ``LLAMA_MOE_HOT_MIB=auto`` (depends on the free VRAM at load time),
-``LLAMA_MOE_HOT_POOL``, an adaptive set seeded from a profile file.
+``LLAMA_MOE_HOT_POOL``.
 """
 
 from __future__ import annotations
@@ -180,14 +184,24 @@ class TurboquantTarget(Target):
         if family == "static":
             fill = trial.suggest_float("fill", 0.05, 1.0)
             mib = mib_text(fill * max(0.0, ev.free_bytes))
-            counts = ev.static_counts()
-            slots = profile_allocation(counts, eb, layer_costs(model), mib_bytes(mib))
-            return Candidate("static", {"max_tokens": MAX_T_DEFAULT}, [int(x) for x in slots], target=self.name,
+            alloc = profile_allocation(ev.static_counts(), eb, layer_costs(model), mib_bytes(mib))
+            return Candidate("static", {"max_tokens": MAX_T_DEFAULT}, [int(x) for x in alloc], target=self.name,
                              alloc="profile", knobs={"mib": mib, "section": "decode_union"})
-        # window / decay: the even rule, written so that it yields the sampled K
-        k = trial.suggest_int("hot_k", 1, max(1, ev.kmax))
-        mib = mib_text((k + 1.5) * float(eb.sum()))
-        n = even_slots(eb, mib_bytes(mib), model.n_expert)
+        # window / decay: seeded from the profile we ship (the fork's allocation over it), or `even`: the same
+        # K in every layer, starting empty, written so that the even rule yields the sampled K
+        seed = trial.suggest_categorical(f"{family}.seed", ["even", "profile"])
+        knobs: dict[str, Any]
+        slots: list[int]
+        if seed == "profile":
+            fill = trial.suggest_float("fill", 0.05, 1.0)
+            mib = mib_text(fill * max(0.0, ev.free_bytes))
+            slots = [int(x) for x in profile_allocation(ev.static_counts(), eb, layer_costs(model), mib_bytes(mib))]
+            knobs = {"mib": mib, "profile": "file", "section": "decode_union"}
+        else:
+            k = trial.suggest_int("hot_k", 1, max(1, ev.kmax))
+            mib = mib_text((k + 1.5) * float(eb.sum()))
+            slots = [even_slots(eb, mib_bytes(mib), model.n_expert)] * model.n_moe_layers
+            knobs = {"mib": mib, "profile": "even"}
         params: dict[str, Any] = {"observe_max_tokens": MAX_T_DEFAULT, "max_tokens": MAX_T_DEFAULT}
         if family == "window":
             w = trial.suggest_int("window.window", 4, 64, log=True)
@@ -203,7 +217,8 @@ class TurboquantTarget(Target):
             params["margin"] = trial.suggest_float("decay.margin", 0.0, 2.0)
             params["prompt_weight"] = trial.suggest_float("decay.prompt_weight", 0.0, 0.2)
             params["cap_bytes"] = trial.suggest_categorical("decay.cap_mib", [32, 64, 128, 256, 1024]) << 20
-        return Candidate(family, params, [n] * model.n_moe_layers, target=self.name, knobs={"mib": mib, "profile": "even"})
+        return Candidate(family, params, slots, target=self.name, knobs=knobs,
+                         alloc="profile" if seed == "profile" else "uniform")
 
     def vram_extra(self, cand: Any, model: Any) -> float:
         if cand.policy == "lru":
@@ -230,7 +245,16 @@ class TurboquantTarget(Target):
             env[_V + "SECTION"] = str(cand.knobs.get("section", "decode_union"))
         else:
             p = cand.params
-            env[_V + "PROFILE"] = "even"
+            if cand.knobs.get("profile") == "file":
+                if ctx.evaluator is None:
+                    raise ValueError("writing a profile-seeded hot set needs the evaluator's profile")
+                from hotexperts.tracer.profile import moeprof_text
+
+                files[PROFILE_NAME] = moeprof_text(ctx.evaluator.profile())
+                env[_V + "PROFILE"] = PROFILE_NAME
+                env[_V + "SECTION"] = str(cand.knobs.get("section", "decode_union"))
+            else:
+                env[_V + "PROFILE"] = "even"
             env[_V + "MIB"] = str(cand.knobs["mib"])
             env[_V + "ADAPT"] = "1"
             if cand.policy == "window":
@@ -289,13 +313,11 @@ class TurboquantTarget(Target):
             knobs["profile"] = "even"
             counts = None
         else:
-            if adapt:
-                raise InputError(inv.origin, f"{_V}PROFILE={prof} with {_V}ADAPT: an adaptive set seeded from a profile "
-                                             "file is not priced (use LLAMA_MOE_HOT_PROFILE=even)")
             counts, section = self._profile_counts(inv, ctx, prof)
             cost = parse_cost(inv.get(_V + "COST"), inv.origin)
             slots = [int(x) for x in profile_allocation(counts, eb, layer_costs(model, cost), budget)]
             knobs["section"] = section
+            knobs["profile"] = "file"
         if not adapt:
             return Candidate("static", {"max_tokens": max_t}, slots, target=self.name, alloc="profile", knobs=knobs,
                              counts=counts)
@@ -312,11 +334,13 @@ class TurboquantTarget(Target):
                 prompt_weight=max(0.0, _float(inv, _V + "SEED", 0.03)),
                 cap_bytes=(dmib if dmib >= 1 else adapt_mib * every) << 20,
             )
-            return Candidate("decay", params, slots, target=self.name, knobs=knobs)
+            return Candidate("decay", params, slots, target=self.name, knobs=knobs, counts=counts,
+                             alloc="profile" if counts is not None else "uniform")
         n_w = _admit(str(inv.get(_V + "ADMIT", "3/16")))
         hyst = _int(inv, _V + "HYST", 1)
         params.update(min_sightings=n_w[0], window=n_w[1], hyst=hyst if hyst >= 0 else 1, cap_bytes=adapt_mib << 20)
-        return Candidate("window", params, slots, target=self.name, knobs=knobs)
+        return Candidate("window", params, slots, target=self.name, knobs=knobs, counts=counts,
+                         alloc="profile" if counts is not None else "uniform")
 
     def _profile_counts(self, inv: Invocation, ctx: ReadContext, prof: str) -> tuple[np.ndarray, str]:
         from hotexperts.tracer.profile import load_moeprof
