@@ -460,9 +460,10 @@ def objective_fn(ev: Evaluator) -> Callable[[Any], Any]:
     import optuna
 
     def fn(trial: Any) -> Any:
+        # NOTE: first, so that a run killed during this trial can be recognised (fail_dead_trials)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cand = suggest(trial, ev)
         trial.set_user_attr("candidate", cand.to_json())
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         ok, vb = ev.fits(cand)
         trial.set_user_attr("vram_bytes", float(vb["total"]))
         if not ok:
@@ -549,13 +550,18 @@ def _study_lock(url: str) -> Any:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, which nobody reaped yet, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True  # NOTE: no /proc (not Linux): a signal could be delivered, so it runs
 
 
 def fail_dead_trials(study: Any) -> int:
@@ -679,7 +685,9 @@ def _die_with_parent(parent: int) -> None:
     import signal
 
     def _term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        # NOTE: end at once: raising here could wait on a replay thread pool or a database commit; the trial
+        # in flight stays RUNNING and is marked FAIL when the study is opened again (fail_dead_trials)
+        os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _term)
     try:

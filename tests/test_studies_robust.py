@@ -130,7 +130,7 @@ def test_killed_parent_leaves_no_worker_and_resume_fails_its_trials(spec, tmp_pa
     db = out / "study.db"
     workers: list[int] = []
     t0 = time.time()
-    while time.time() - t0 < 300:
+    while time.time() - t0 < 600:
         time.sleep(1.0)
         workers = [c for c in _children(parent.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         if len(workers) == 2 and db.exists():
@@ -138,7 +138,7 @@ def test_killed_parent_leaves_no_worker_and_resume_fails_its_trials(spec, tmp_pa
                 st = optuna.load_study(study_name=None, storage=f"sqlite:///{db}")
             except Exception:
                 continue
-            if len([t for t in st.trials if t.state.is_finished()]) >= 10:
+            if len([t for t in st.trials if t.state.is_finished()]) >= 6:
                 break
     assert len(workers) == 2
     parent.send_signal(signal.SIGKILL)
