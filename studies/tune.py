@@ -566,17 +566,29 @@ def _pid_alive(pid: int) -> bool:
 
 def fail_dead_trials(study: Any) -> int:
     """Mark FAIL the RUNNING trials whose worker (``host:pid``) was on this host and is gone (a killed run)."""
+    import datetime as _dt
+
     from optuna.trial import TrialState
 
     host = socket.gethostname()
+    now = _dt.datetime.now()
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = str(t.user_attrs.get("worker", ""))
         h, _, pid = w.rpartition(":")
-        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+        dead = h == host and pid.isdigit() and not _pid_alive(int(pid))
+        if not w and t.datetime_start is not None:
+            # NOTE: killed between the trial's creation and its first write (the worker attribute, set first
+            # thing): a live trial writes it at once, so one without it for this long is dead
+            dead = (now - t.datetime_start).total_seconds() > UNNAMED_RUNNING_GRACE_S
+        if dead:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             n += 1
     return n
+
+
+#: seconds after which a RUNNING trial that never recorded its worker is taken as killed
+UNNAMED_RUNNING_GRACE_S = 60.0
 
 
 def open_study(url: str, name: str, cfg: TuneConfig, *, worker: int = 0, evaluator: Evaluator | None = None) -> Any:
