@@ -92,19 +92,12 @@ def parse_placement(spec: str, *, n_layer: int | None = None) -> Placement:
         return Placement(s, 999, tuple((_EXPS_PATTERN.format(il=il), "CPU") for il in range(n)))
     if s.startswith(("-ot", "--override-tensor")):
         body = s.split(None, 1)[1] if len(s.split(None, 1)) == 2 else ""
-        pairs = []
-        for item in body.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            pat, eq, buft = item.rpartition("=")
-            if not eq or not pat or not buft:
-                raise InputError(None, f"--placement {spec!r}: {item!r} is not REGEX=BUFFER_TYPE")
-            try:
-                re.compile(pat)
-            except re.error as exc:
-                raise InputError(None, f"--placement {spec!r}: invalid regular expression {pat!r} ({exc})") from None
-            pairs.append((pat, buft))
+        from hotexperts._overrides import split_tensor_overrides
+
+        try:
+            pairs = split_tensor_overrides(body)
+        except ValueError as exc:
+            raise InputError(None, f"--placement {spec!r}: {exc}") from None
         if not pairs:
             raise InputError(None, f"--placement {spec!r}: no REGEX=BUFFER_TYPE pattern given")
         return Placement(s, 999, tuple(pairs))

@@ -169,6 +169,26 @@ class Policy:
         raise NotImplementedError(f"{type(self).__name__} does not implement run()")
 
 
+def steps_above(prep: Prepared, max_tokens: int) -> np.ndarray:
+    """``(n_steps,)`` bool: steps of more than ``max_tokens`` tokens (none when ``max_tokens <= 0``)."""
+    if max_tokens <= 0:
+        return np.zeros(prep.n_steps, np.bool_)
+    return prep.step_tokens > max_tokens
+
+
+def preload_from_counts(name: str, counts: Any, prep: Prepared, slots: np.ndarray, resident: np.ndarray) -> None:
+    """Start each layer with its ``slots[ly]`` most-counted experts (ids ascending; never a zero count)."""
+    from hotexperts.policies.static import static_hot_sets
+
+    c = np.asarray(counts)
+    if c.shape != (prep.n_layers, prep.n_expert):
+        raise ValueError(f"{name}: init_counts shape {c.shape} does not match the trace "
+                         f"({prep.n_layers}, {prep.n_expert})")
+    for ly, hot in enumerate(static_hot_sets(np.where(c > 0, c, -np.inf), slots)):
+        hot = hot[np.asarray(c[ly])[hot] > 0]  # NOTE: a profile's zero-count experts are never loaded
+        resident[ly, : hot.size] = np.sort(hot)
+
+
 def decode_mask(prep: Prepared) -> np.ndarray:
     return prep.step_phase == PHASE_DECODE
 

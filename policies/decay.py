@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
-from hotexperts.policies._engine import Policy, Prepared, put, step_stats
+from hotexperts.policies._engine import Policy, Prepared, preload_from_counts, put, step_stats, steps_above
 from hotexperts.policies.window import cap_experts
 
 __all__ = ["Decay"]
@@ -66,22 +66,11 @@ class Decay(Policy):
         return super().label(slots) + ("" if self.init_counts is None else "-prof")
 
     def initial(self, prep: Prepared, slots: np.ndarray, resident: np.ndarray) -> None:
-        if self.init_counts is None:
-            return
-        from hotexperts.policies.static import static_hot_sets
-
-        c = np.asarray(self.init_counts)
-        if c.shape != (prep.n_layers, prep.n_expert):
-            raise ValueError(f"{self.name}: init_counts shape {c.shape} does not match the trace "
-                             f"({prep.n_layers}, {prep.n_expert})")
-        for ly, hot in enumerate(static_hot_sets(np.where(c > 0, c, -np.inf), slots)):
-            hot = hot[np.asarray(c[ly])[hot] > 0]  # NOTE: a profile's zero-count experts are never loaded
-            resident[ly, : hot.size] = np.sort(hot)
+        if self.init_counts is not None:
+            preload_from_counts(self.name, self.init_counts, prep, slots, resident)
 
     def bypass(self, prep: Prepared) -> np.ndarray:
-        if self.max_tokens <= 0:
-            return np.zeros(prep.n_steps, np.bool_)
-        return prep.step_tokens > self.max_tokens
+        return steps_above(prep, self.max_tokens)
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(

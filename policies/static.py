@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from hotexperts.policies._engine import Policy, Prepared, static_kernel
+from hotexperts.policies._engine import Policy, Prepared, static_kernel, steps_above
 from hotexperts.tracer.trace import PHASE_DECODE
 
 __all__ = ["Static", "allocate_static_slots", "static_hot_sets"]
@@ -133,9 +133,7 @@ class Static(Policy):
             resident[ly, : hot.size] = hot
 
     def bypass(self, prep: Prepared) -> np.ndarray:
-        if self.max_tokens <= 0:
-            return np.zeros(prep.n_steps, np.bool_)
-        return prep.step_tokens > self.max_tokens
+        return steps_above(prep, self.max_tokens)
 
     def run(self, prep, slots, bypass, stats, resident, slot_of, ev) -> int:
         return int(static_kernel(prep.experts, prep.present, prep.has_present, prep.bounds, bypass,

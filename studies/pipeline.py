@@ -31,7 +31,8 @@ _STALE_TMP_SECONDS = 600.0
 
 
 def _remove_stale_temporaries(out: Path) -> None:
-    """Remove ``.NAME.XXXX.tmp`` files (atomic writes cut short by a kill) older than ten minutes."""
+    """Remove the hidden ``.NAME.<random>.tmp`` files of atomic writes that a killed run left, once they are
+    older than ten minutes (a live run's temporary file is younger)."""
     now = time.time()
     for p in out.glob(".*.tmp"):
         try:

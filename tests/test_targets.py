@@ -384,3 +384,16 @@ def test_profile_seeded_adaptive_sets_round_trip_and_start_from_the_profile(trac
     frozen_d = replay(tr, make_policy("decay", init_counts=counts, admit=1e9), slots)
     assert frozen_w.hit_rate == st.hit_rate and frozen_d.hit_rate == st.hit_rate
     assert int(np.asarray(frozen_w.uploads).sum()) == 0 and int(np.asarray(frozen_d.uploads).sum()) == 0
+
+
+def test_every_runnable_target_reads_what_it_claims_and_lab_reads_nothing():
+    from hotexperts.errors import InputError as IE
+
+    m = load_model_spec("qwen3.5-122b-a10b-q4_k_l")
+    inv = parse_for_targets(["llama-server", "-ngl", "99", "-c", "4096"], {})
+    with pytest.raises(IE, match="no command line"):
+        REGISTRY["lab"].read(inv, ReadContext(model=m))
+    for t in REGISTRY.values():
+        if t.runnable:  # a command without any cache knob or override runs every expert in VRAM, for each runtime
+            c = t.read(inv, ReadContext(model=m))
+            assert c.policy == "layer-offload" and c.params == {"n_cpu_moe": 0}

@@ -14,6 +14,7 @@ mainline llama.cpp). It knows:
 
 from __future__ import annotations
 
+import abc
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,12 @@ def common_args(ctx: WriteContext) -> list[str]:
     return ["llama-server", "-m", ctx.model_path]
 
 
-class Target:
-    """Base of every run-file target (one module each, one line in the registry)."""
+class Target(abc.ABC):
+    """Base of every run-file target (one module each, one line in the registry).
+
+    A target implements :meth:`suggest` and :meth:`write` (abstract: a target without them cannot be
+    built); a runtime with a command line also implements :meth:`claims` and :meth:`read`.
+    """
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -123,17 +128,18 @@ class Target:
         return None
 
     # -- study side
+    @abc.abstractmethod
     def suggest(self, trial: Any, ev: Evaluator, family: str) -> Candidate:
         """Sample the runtime's knobs for ``family`` and return the configuration the runtime runs."""
-        raise NotImplementedError(f"target {self.name} does not implement suggest()")
 
     def vram_extra(self, cand: Candidate, model: ModelSpec) -> float:
         """Bytes of VRAM the runtime spends beyond ``slots x expert bytes`` (zero slots, id tables)."""
         return 0.0
 
     # -- files
+    @abc.abstractmethod
     def write(self, cand: Candidate, ctx: WriteContext) -> RunFiles:
-        raise NotImplementedError(f"target {self.name} does not implement write()")
+        """The run files, environment and llama-server argv that make the runtime run ``cand``."""
 
     def claims(self, inv: Invocation) -> bool:
         """Whether ``inv`` sets this runtime's own knobs (used to tell the target of a command)."""
@@ -141,7 +147,9 @@ class Target:
 
     def read(self, inv: Invocation, ctx: ReadContext) -> Candidate:
         """The configuration the runtime runs for ``inv`` (InputError naming the flag it cannot price)."""
-        raise NotImplementedError(f"target {self.name} does not implement read()")
+        from hotexperts.errors import InputError
+
+        raise InputError(inv.origin, f"target {self.name} has no command line to read")
 
 
 def host_layers_or_error(inv: Invocation, model: ModelSpec, what: str) -> np.ndarray:

@@ -276,20 +276,12 @@ def _rules(key: str, val: Any, origin: str, name: str) -> list[tuple[Any, ...]]:
 
 
 def _split_overrides(val: str, origin: str, name: str) -> list[tuple[str, str]]:
-    out = []
-    for item in val.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        pat, eq, buft = item.rpartition("=")
-        if not eq or not pat or not buft:
-            raise InputError(origin, f"{name}: expected PATTERN=BUFFER_TYPE, got {item!r}")
-        try:
-            re.compile(pat)
-        except re.error as exc:
-            raise InputError(origin, f"{name}: bad pattern {pat!r}: {exc}") from None
-        out.append((pat, buft))
-    return out
+    from hotexperts._overrides import split_tensor_overrides
+
+    try:
+        return split_tensor_overrides(val)
+    except ValueError as exc:
+        raise InputError(origin, f"{name}: expected PATTERN=BUFFER_TYPE items: {exc}") from None
 
 
 def _host_buft(buft: str, origin: str) -> bool:
